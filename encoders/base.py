@@ -1,0 +1,134 @@
+"""The encoder protocol and its configuration.
+
+Adapters are trained on one encoder's exact outputs, so everything that changes a vector
+(model, revision, pooling, prompt, max tokens, normalisation) lives in one frozen spec whose
+fingerprint keys caches and is checked against adapter manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+InputKind = Literal["query", "document"]
+
+
+class Pooling(StrEnum):
+    MEAN = "mean"
+    LAST = "last"
+    CLS = "cls"
+
+
+class EncoderSpec(BaseModel):
+    """Everything that determines the vectors an encoder produces."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Model name reported in responses and manifests.")
+    path: str = Field(description="Local model directory (or a hub id where a hub is reachable).")
+    backend: Literal["transformers"] = "transformers"
+    revision: str | None = None
+    pooling: Pooling = Pooling.MEAN
+    query_template: str = Field(
+        default="{text}",
+        description="Query prompt; `{instruction}` and `{text}` are substituted. "
+        "Qwen3: 'Instruct: {instruction}\\nQuery:{text}'.",
+    )
+    document_template: str = "{text}"
+    default_instruction: str = ""
+    max_tokens: int = Field(default=512, gt=0)
+    normalize: bool = True
+    device: str = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(default=32, gt=0)
+    threads: int | None = Field(default=None, gt=0)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the fields that change vectors (not device, batch size or threads)."""
+        keys = (
+            "name",
+            "revision",
+            "pooling",
+            "query_template",
+            "document_template",
+            "default_instruction",
+            "max_tokens",
+            "normalize",
+        )
+        blob = json.dumps({k: str(getattr(self, k)) for k in keys}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    vectors: np.ndarray  # (n, dim) float32
+    token_counts: list[int]  # tokens actually fed to the model per text (after any truncation)
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the service and training need from a text encoder."""
+
+    spec: EncoderSpec
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    def format(
+        self, texts: list[str], kind: InputKind, instruction: str | None = None
+    ) -> list[str]:
+        """Apply the prompt template for `kind`."""
+        ...
+
+    def count_tokens(
+        self, texts: list[str], kind: InputKind, instruction: str | None = None
+    ) -> list[int]:
+        """Untruncated token count of each formatted text (so callers can refuse, not cut)."""
+        ...
+
+    def encode(
+        self,
+        texts: list[str],
+        kind: InputKind,
+        instruction: str | None = None,
+        truncate: bool = True,
+    ) -> EncodeResult:
+        """Encode; rows in input order, float32, L2-normalised when the spec says so."""
+        ...
+
+
+class InputTooLongError(ValueError):
+    def __init__(self, index: int, tokens: int, max_tokens: int) -> None:
+        super().__init__(f"input {index} has {tokens} tokens; the limit is {max_tokens}")
+        self.index = index
+        self.tokens = tokens
+        self.max_tokens = max_tokens
+
+
+_PLACEHOLDER = re.compile(r"\{(text|instruction)\}")
+
+
+def format_texts(
+    spec: EncoderSpec, texts: list[str], kind: InputKind, instruction: str | None
+) -> list[str]:
+    """Fill the template in one pass, so braces inside user text are never re-expanded."""
+    tmpl = spec.document_template if kind == "document" else spec.query_template
+    instr = spec.default_instruction if instruction is None else instruction
+    out = []
+    for t in texts:
+        values = {"text": t, "instruction": instr}
+        out.append(_PLACEHOLDER.sub(lambda m, v=values: v[m.group(1)], tmpl))
+    return out

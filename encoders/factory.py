@@ -1,0 +1,13 @@
+"""Build an encoder from its spec; backends import heavy libraries lazily."""
+
+from __future__ import annotations
+
+from encoders.base import Encoder, EncoderSpec
+
+
+def build_encoder(spec: EncoderSpec) -> Encoder:
+    if spec.backend == "transformers":
+        from encoders.transformers_backend import TransformersEncoder
+
+        return TransformersEncoder(spec)
+    raise ValueError(f"unknown encoder backend {spec.backend!r}")

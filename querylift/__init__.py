@@ -1,0 +1,1 @@
+"""querylift: the command line that ties service, training and the setup steps together."""

@@ -1,0 +1,1 @@
+"""The FastAPI service: routes, tenants, adapters in memory, the Qdrant proxy and metrics."""

@@ -1,0 +1,104 @@
+"""App factory: a lifespan loads encoders, Qdrant and adapters once, and closes them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from adapters.store import AdapterStore
+from encoders import Encoder, build_encoder
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.qdrant_gateway import QdrantGateway
+from service.routes import router
+from service.runtime import Runtime
+from service.settings import Settings
+from service.tenants import TenantRegistry
+
+log = logging.getLogger(__name__)
+
+
+def build_runtime(
+    settings: Settings,
+    metrics: Metrics,
+    query_encoder: Encoder | None = None,
+    document_encoder: Encoder | None = None,
+    gateway: QdrantGateway | None = None,
+) -> Runtime:
+    tenants = (
+        TenantRegistry.from_file(settings.tenants_file)
+        if settings.tenants_file
+        else TenantRegistry.development(settings.dev_tenant)
+    )
+    q = query_encoder or build_encoder(settings.query_encoder)
+    d = document_encoder or build_encoder(settings.document_encoder)
+    gw = gateway or QdrantGateway(
+        url=settings.qdrant_url,
+        path=str(settings.qdrant_path),
+        api_key=settings.qdrant_api_key,
+        timeout_s=settings.qdrant_timeout_s,
+        metrics=metrics,
+    )
+    return Runtime(settings, q, d, AdapterStore(settings.adapter_store), tenants, gw, metrics)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    query_encoder: Encoder | None = None,
+    document_encoder: Encoder | None = None,
+    gateway: QdrantGateway | None = None,
+) -> FastAPI:
+    """Build the app; pass encoders or a gateway to reuse already-loaded ones (tests, bench)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        start = time.perf_counter()
+        runtime = build_runtime(settings, metrics, query_encoder, document_encoder, gateway)
+        app.state.runtime = runtime
+        log.info(
+            "ready in %.1fs: query encoder %s (%d-d), document encoder %s (%d-d)",
+            time.perf_counter() - start,
+            runtime.query_encoder.name,
+            runtime.query_encoder.dim,
+            runtime.document_encoder.name,
+            runtime.document_encoder.dim,
+        )
+        try:
+            yield
+        finally:
+            app.state.runtime = None
+            if gateway is None:
+                runtime.gateway.close()
+
+    app = FastAPI(title="querylift", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = None
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def _observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            labels = (endpoint, request.method, str(status))
+            metrics.requests.labels(*labels).inc()
+            metrics.request_latency.labels(*labels).observe(time.perf_counter() - start)
+
+    return app

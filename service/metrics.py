@@ -1,0 +1,80 @@
+"""Prometheus metrics, one registry per app (so several apps in one process never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_TOKEN_BUCKETS = (8, 32, 128, 512, 2048, 8192, 32768, 131072)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "querylift_requests",
+            "HTTP requests by endpoint and status.",
+            ["endpoint", "method", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "querylift_request_duration_seconds",
+            "HTTP request latency by endpoint and status.",
+            ["endpoint", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tenant_requests = Counter(
+            "querylift_tenant_requests",
+            "Requests by tenant and endpoint.",
+            ["tenant", "endpoint"],
+            registry=r,
+        )
+        self.encoder_batch_size = Histogram(
+            "querylift_encoder_batch_size",
+            "Texts per encoder call.",
+            ["encoder", "kind"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.encoder_batch_tokens = Histogram(
+            "querylift_encoder_batch_tokens",
+            "Tokens per encoder call.",
+            ["encoder", "kind"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.encoder_tokens = Counter(
+            "querylift_encoder_tokens",
+            "Tokens encoded.",
+            ["encoder", "kind"],
+            registry=r,
+        )
+        self.encoder_latency = Histogram(
+            "querylift_encoder_duration_seconds",
+            "Encoder call latency.",
+            ["encoder", "kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.adapter_latency = Histogram(
+            "querylift_adapter_apply_duration_seconds",
+            "Adapter apply time per call.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.qdrant_latency = Histogram(
+            "querylift_qdrant_request_duration_seconds",
+            "Qdrant call latency by operation.",
+            ["operation", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.adapter_active = Gauge(
+            "querylift_adapter_active_info",
+            "1 for the adapter version active per tenant.",
+            ["tenant", "adapter_id", "version"],
+            registry=r,
+        )

@@ -1,0 +1,240 @@
+"""HTTP routes. They validate, resolve the tenant, and hand work to the Runtime off the loop."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated
+
+import numpy as np
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from qdrant_client import models
+
+from service.errors import APIError
+from service.runtime import EmbedOutcome, Runtime
+from service.schemas import (
+    AdapterRef,
+    EmbeddingItem,
+    EmbedRequest,
+    EmbedResponse,
+    OpenAIEmbedding,
+    OpenAIEmbeddingsRequest,
+    OpenAIEmbeddingsResponse,
+    SearchRequest,
+    SearchResponse,
+    SearchResult,
+    Usage,
+)
+from service.tenants import Tenant
+
+router = APIRouter()
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise APIError(503, "not_ready", "the service is still starting")
+    return runtime
+
+
+def get_tenant(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]) -> Tenant:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    tenant = runtime.tenants.resolve(key.strip() if scheme.lower() == "bearer" else None)
+    if tenant is None:
+        raise APIError(
+            401,
+            "unauthorized",
+            "missing or unknown API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    request.state.tenant = tenant.name
+    return tenant
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+TenantDep = Annotated[Tenant, Depends(get_tenant)]
+
+
+def _check_limits(runtime: Runtime, texts: list[str]) -> None:
+    s = runtime.settings
+    if len(texts) > s.max_inputs:
+        raise APIError(
+            413,
+            "too_many_inputs",
+            f"{len(texts)} inputs; at most {s.max_inputs} per request",
+            {"count": len(texts), "max_inputs": s.max_inputs},
+        )
+    for i, t in enumerate(texts):
+        if len(t) > s.max_input_chars:
+            raise APIError(
+                413,
+                "input_too_long",
+                f"input {i} has {len(t)} characters; the limit is {s.max_input_chars}",
+                {"index": i, "chars": len(t), "max_chars": s.max_input_chars},
+            )
+
+
+def _server_timing(response: Response, timings: dict[str, float]) -> None:
+    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
+
+
+def _adapter_ref(outcome: EmbedOutcome) -> AdapterRef | None:
+    a = outcome.adapter
+    return AdapterRef(id=a.adapter.id, version=a.version) if a else None
+
+
+async def _embed(
+    runtime: Runtime,
+    tenant: Tenant,
+    texts: list[str],
+    kind: str,
+    instruction: str | None,
+    truncate: bool,
+    endpoint: str,
+) -> EmbedOutcome:
+    _check_limits(runtime, texts)
+    runtime.metrics.tenant_requests.labels(tenant.name, endpoint).inc()
+    return await to_thread.run_sync(
+        lambda: runtime.embed(tenant.name, texts, kind, instruction, truncate)  # type: ignore[arg-type]
+    )
+
+
+@router.post("/embed", response_model=EmbedResponse)
+async def embed(
+    body: EmbedRequest, response: Response, runtime: RuntimeDep, tenant: TenantDep
+) -> EmbedResponse:
+    out = await _embed(
+        runtime, tenant, body.texts(), body.input_type, body.instruction, body.truncate, "/embed"
+    )
+    _server_timing(response, out.timings_ms)
+    tokens = sum(out.token_counts)
+    return EmbedResponse(
+        data=[EmbeddingItem(index=i, embedding=v) for i, v in enumerate(out.vectors.tolist())],
+        model=out.model,
+        adapter=_adapter_ref(out),
+        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+    )
+
+
+@router.post("/v1/embeddings", response_model=OpenAIEmbeddingsResponse)
+async def openai_embeddings(
+    body: OpenAIEmbeddingsRequest, response: Response, runtime: RuntimeDep, tenant: TenantDep
+) -> OpenAIEmbeddingsResponse:
+    raw = body.input
+    if isinstance(raw, list) and raw and not isinstance(raw[0], str):
+        raise APIError(
+            400,
+            "unsupported_input",
+            "token-id arrays are not supported: send text (the query and document "
+            "encoders use different tokenizers)",
+        )
+    texts = [raw] if isinstance(raw, str) else list(raw)  # type: ignore[arg-type]
+    try:
+        EmbedRequest(input=texts)
+    except ValidationError as e:
+        raise APIError(422, "invalid_request", e.errors()[0]["msg"]) from None
+    out = await _embed(
+        runtime, tenant, texts, body.input_type, body.instruction, False, "/v1/embeddings"
+    )
+    dim = out.vectors.shape[1]
+    if body.dimensions is not None and body.dimensions != dim:
+        raise APIError(
+            400,
+            "unsupported_dimensions",
+            f"this index's vectors have {dim} dimensions; `dimensions` must be {dim} or omitted",
+            {"dimensions": dim},
+        )
+    _server_timing(response, out.timings_ms)
+    tokens = sum(out.token_counts)
+    if body.encoding_format == "base64":
+        vecs = np.ascontiguousarray(out.vectors, dtype="<f4")
+        data = [
+            OpenAIEmbedding(index=i, embedding=base64.b64encode(v.tobytes()).decode())
+            for i, v in enumerate(vecs)
+        ]
+    else:
+        data = [OpenAIEmbedding(index=i, embedding=v) for i, v in enumerate(out.vectors.tolist())]
+    return OpenAIEmbeddingsResponse(
+        data=data,
+        model=body.model or out.model,
+        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+    )
+
+
+@router.post("/search", response_model=SearchResponse)
+async def search(
+    body: SearchRequest, response: Response, runtime: RuntimeDep, tenant: TenantDep
+) -> SearchResponse:
+    client_filter = None
+    if body.filter is not None:
+        try:
+            client_filter = models.Filter.model_validate(body.filter)
+        except ValidationError as e:
+            raise APIError(
+                422,
+                "invalid_filter",
+                "filter is not a valid Qdrant filter",
+                [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()[:10]],
+            ) from None
+    out = await _embed(runtime, tenant, [body.query], "query", body.instruction, False, "/search")
+    t0 = time.perf_counter()
+    try:
+        hits = await to_thread.run_sync(
+            lambda: runtime.search(
+                tenant, out.vectors[0], client_filter, body.top_k, body.with_payload
+            )
+        )
+    except APIError:
+        raise
+    except Exception as e:  # Qdrant down, timeouts, transport errors
+        raise APIError(
+            503,
+            "search_unavailable",
+            f"vector search failed: {type(e).__name__}",
+            headers={"Retry-After": "1"},
+        ) from e
+    timings = {**out.timings_ms, "search": (time.perf_counter() - t0) * 1e3}
+    _server_timing(response, timings)
+    return SearchResponse(
+        results=[SearchResult(id=h.id, score=h.score, payload=h.payload) for h in hits],
+        adapter=_adapter_ref(out),
+        model=out.model,
+        timings_ms={k: round(v, 3) for k, v in timings.items()},
+    )
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    from fastapi.responses import JSONResponse
+
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    checks: dict[str, str] = {}
+    if runtime is None:
+        checks["encoders"] = "loading"
+    else:
+        checks["encoders"] = "ok"
+        try:
+            await to_thread.run_sync(runtime.gateway.ping)
+            checks["qdrant"] = "ok"
+        except Exception as e:
+            checks["qdrant"] = f"unreachable: {type(e).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

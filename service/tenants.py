@@ -1,0 +1,89 @@
+"""Tenants and API-key resolution. Keys are stored and compared only as sha256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+log = logging.getLogger(__name__)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Tenant(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    api_keys_sha256: tuple[str, ...] = Field(default=(), description="sha256 hex of each key")
+    collection: str | None = Field(default=None, description="defaults to settings.collection")
+    tenant_value: str | None = Field(default=None, description="payload value; defaults to name")
+    default_adapter: str | None = Field(
+        default=None, description="adapter id used until an admin binds another"
+    )
+
+    @field_validator("api_keys_sha256")
+    @classmethod
+    def _hex(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for h in v:
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                raise ValueError("api_keys_sha256 entries must be 64 lowercase hex chars")
+        return v
+
+    @property
+    def value(self) -> str:
+        return self.tenant_value or self.name
+
+
+class TenantsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenants: list[Tenant]
+
+
+class TenantRegistry:
+    """Maps a bearer key to its tenant; in dev mode every request is the one dev tenant."""
+
+    def __init__(self, tenants: list[Tenant], dev_mode: bool) -> None:
+        names = [t.name for t in tenants]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate tenant names in tenants file")
+        self.dev_mode = dev_mode
+        self.tenants = {t.name: t for t in tenants}
+        self._by_hash: list[tuple[bytes, Tenant]] = [
+            (bytes.fromhex(h), t) for t in tenants for h in t.api_keys_sha256
+        ]
+
+    @classmethod
+    def from_file(cls, path: Path) -> TenantRegistry:
+        try:
+            parsed = TenantsFile.model_validate(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, ValidationError) as e:
+            raise ValueError(f"tenants file {path}: {e}") from e
+        return cls(parsed.tenants, dev_mode=False)
+
+    @classmethod
+    def development(cls, name: str) -> TenantRegistry:
+        log.warning(
+            "DEVELOPMENT MODE: no tenants file configured (QUERYLIFT_TENANTS_FILE); every "
+            "request is served as tenant %r WITHOUT authentication. Never expose this.",
+            name,
+        )
+        return cls([Tenant(name=name)], dev_mode=True)
+
+    def resolve(self, key: str | None) -> Tenant | None:
+        if self.dev_mode:
+            return next(iter(self.tenants.values()))
+        if not key:
+            return None
+        digest = hashlib.sha256(key.encode()).digest()
+        found: Tenant | None = None
+        for h, t in self._by_hash:  # no early exit: time does not depend on which key matched
+            if hmac.compare_digest(h, digest):
+                found = t
+        return found

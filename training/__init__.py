@@ -1,0 +1,1 @@
+"""Offline training of adapters: data, embedding cache, alignment and label training, eval."""
