@@ -70,6 +70,8 @@ class TransformersEncoder:
     def count_tokens(
         self, texts: list[str], kind: InputKind, instruction: str | None = None
     ) -> list[int]:
+        if not texts:
+            return []  # the fast tokenizer raises IndexError on an empty batch
         enc = self.tokenizer(
             self.format(texts, kind, instruction), add_special_tokens=True, verbose=False
         )
@@ -119,12 +121,16 @@ class TransformersEncoder:
         return EncodeResult(out, counts)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
         if self.spec.pooling == Pooling.CLS:
-            return hidden[:, 0]
+            # The first position whose mask is 1 (position 0 only under right padding; a
+            # left-padding tokenizer puts pads there).
+            first = mask.argmax(dim=1)
+            return hidden[rows, first]
         if self.spec.pooling == Pooling.LAST:
             # Works for left and right padding: the last position whose mask is 1.
             positions = torch.arange(mask.shape[1], device=mask.device)
             last = (mask * positions).argmax(dim=1)
-            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            return hidden[rows, last]
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)

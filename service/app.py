@@ -41,8 +41,8 @@ def build_runtime(
         path=str(settings.qdrant_path),
         api_key=settings.qdrant_api_key,
         timeout_s=settings.qdrant_timeout_s,
-        metrics=metrics,
     )
+    gw.metrics = metrics
     return Runtime(settings, q, d, AdapterStore(settings.adapter_store), tenants, gw, metrics)
 
 

@@ -54,7 +54,7 @@ class QdrantGateway:
             self.client = QdrantClient(path=path or ":memory:")
             self.local = True
         self._lock = threading.Lock()
-        self._metrics = metrics
+        self.metrics = metrics
         self._info: dict[str, CollectionInfo] = {}
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
@@ -69,10 +69,8 @@ class QdrantGateway:
             outcome = "ok"
             return result
         finally:
-            if self._metrics:
-                self._metrics.qdrant_latency.labels(op, outcome).observe(
-                    time.perf_counter() - start
-                )
+            if self.metrics:
+                self.metrics.qdrant_latency.labels(op, outcome).observe(time.perf_counter() - start)
 
     def close(self) -> None:
         with self._lock:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoders import EncoderSpec, Pooling
@@ -77,3 +79,18 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(
         default=32_768, gt=0, description="Most characters in one input text."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_encoder_overrides(cls, data: Any) -> Any:
+        """`QUERYLIFT_QUERY_ENCODER__PATH=...` alone overrides one field of the default spec."""
+        if not isinstance(data, dict):
+            return data
+        for key, default in (
+            ("query_encoder", EMBEDDED_QUERY_ENCODER),
+            ("document_encoder", EMBEDDED_DOCUMENT_ENCODER),
+        ):
+            value = data.get(key)
+            if isinstance(value, dict):
+                data[key] = {**default.model_dump(), **value}
+        return data
