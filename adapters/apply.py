@@ -16,6 +16,8 @@ def apply_grouped(
 
     All adapters must share one output dim (rows land in one result matrix).
     """
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-d batch, got shape {x.shape}")
     if len(adapters) != x.shape[0]:
         raise ValueError(f"{x.shape[0]} rows but {len(adapters)} adapters")
     groups: dict[int, list[int]] = {}
@@ -24,9 +26,20 @@ def apply_grouped(
         key = id(a)
         groups.setdefault(key, []).append(i)
         by_key[key] = a
+    bad_in = sorted(
+        {
+            a.manifest.in_dim
+            for a in by_key.values()
+            if a is not None and a.manifest.in_dim != x.shape[1]
+        }
+    )
+    if bad_in:
+        raise ValueError(f"batch has input dim {x.shape[1]} but adapters expect {bad_in}")
     dims = {a.manifest.out_dim if a is not None else x.shape[1] for a in by_key.values()}
     if out_dim is not None:
         dims.add(out_dim)
+    if not dims:  # an empty batch with no out_dim given: nothing changes shape
+        dims.add(x.shape[1])
     if len(dims) != 1:
         raise ValueError(f"adapters in one batch disagree on the output dim: {sorted(dims)}")
     out = np.empty((x.shape[0], dims.pop()), dtype=np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from safetensors.numpy import save as st_save
 
 from adapters.fsutil import atomic_publish_dir
 from adapters.kinds import KINDS, forward
-from adapters.manifest import Manifest
+from adapters.manifest import Manifest, ManifestInconsistent
 
 TENSORS_FILE = "adapter.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -53,42 +54,71 @@ def content_id(tensor_bytes: bytes, manifest: Manifest) -> str:
     return h.hexdigest()[:24]
 
 
-def parse_checkpoint(tensor_bytes: bytes, manifest_bytes: bytes) -> Adapter:
-    """Validate raw checkpoint bytes; raises CheckpointError listing every reason."""
+def _manifest_reasons(err: ValidationError) -> list[str]:
     reasons: list[str] = []
+    for e in err.errors():
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, ManifestInconsistent):
+            reasons.extend(f"manifest: {p}" for p in cause.problems)
+            continue
+        loc = ".".join(str(p) for p in e["loc"])
+        reasons.append(f"manifest: {loc}: {e['msg']}" if loc else f"manifest: {e['msg']}")
+    return reasons
+
+
+def _claimed_sha256(manifest: Manifest | None, manifest_bytes: bytes) -> str:
+    """The tensor hash the manifest claims, read leniently when the manifest itself is invalid."""
+    if manifest is not None:
+        return manifest.tensors_sha256
+    try:
+        raw = json.loads(manifest_bytes)
+    except ValueError:
+        return ""
+    claimed = raw.get("tensors_sha256") if isinstance(raw, dict) else None
+    return claimed if isinstance(claimed, str) else ""
+
+
+def parse_checkpoint(tensor_bytes: bytes, manifest_bytes: bytes) -> Adapter:
+    """Validate raw checkpoint bytes; raises CheckpointError listing every reason.
+
+    A broken manifest does not stop the tensor file from being checked: the hash, the
+    file's readability and the finiteness of its values are reported too.
+    """
+    reasons: list[str] = []
+    manifest: Manifest | None = None
     try:
         manifest = Manifest.model_validate_json(manifest_bytes)
     except ValidationError as e:
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "manifest"
-            reasons.append(f"manifest: {loc}: {err['msg']}")
-        raise CheckpointError(reasons) from None
+        reasons.extend(_manifest_reasons(e))
     digest = hashlib.sha256(tensor_bytes).hexdigest()
-    if manifest.tensors_sha256 and manifest.tensors_sha256 != digest:
+    claimed = _claimed_sha256(manifest, manifest_bytes)
+    if claimed and claimed != digest:
         reasons.append(
-            f"tensors_sha256 mismatch: manifest says {manifest.tensors_sha256[:12]}..., "
-            f"file is {digest[:12]}..."
+            f"tensors_sha256 mismatch: manifest says {claimed[:12]}..., file is {digest[:12]}..."
         )
     tensors: dict[str, np.ndarray] = {}
     try:
         tensors = st_load(tensor_bytes) if tensor_bytes else {}
     except Exception as e:  # safetensors raises its own error types
         reasons.append(f"{TENSORS_FILE}: unreadable ({e})")
-    expected = KINDS[manifest.kind].shapes(manifest)
-    for name, shape in expected.items():
-        t = tensors.get(name)
-        if t is None:
-            reasons.append(f"tensor {name!r} missing (kind {manifest.kind.value})")
-        elif tuple(t.shape) != shape:
-            reasons.append(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
-        elif not np.issubdtype(t.dtype, np.floating):
+    expected = KINDS[manifest.kind].shapes(manifest) if manifest is not None else {}
+    for name, t in sorted(tensors.items()):
+        if not np.issubdtype(t.dtype, np.floating):
             reasons.append(f"tensor {name!r} has dtype {t.dtype}, expected floating point")
         elif not np.isfinite(t).all():
             reasons.append(f"tensor {name!r} has non-finite values")
-    for name in tensors.keys() - expected.keys():
-        reasons.append(f"unexpected tensor {name!r} for kind {manifest.kind.value}")
-    if reasons:
-        raise CheckpointError(reasons)
+    if manifest is not None:
+        kind = manifest.kind.value
+        for name, shape in expected.items():
+            t = tensors.get(name)
+            if t is None:
+                reasons.append(f"tensor {name!r} missing (kind {kind})")
+            elif tuple(t.shape) != shape:
+                reasons.append(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
+        for name in sorted(tensors.keys() - expected.keys()):
+            reasons.append(f"unexpected tensor {name!r} for kind {kind}")
+    if reasons or manifest is None:
+        raise CheckpointError(reasons or ["manifest: invalid"])
     manifest = manifest.model_copy(update={"tensors_sha256": digest})
     clean = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     return Adapter(content_id(tensor_bytes, manifest), manifest, clean)
@@ -105,7 +135,8 @@ def load_checkpoint(path: Path) -> Adapter:
 def serialize(manifest: Manifest, tensors: dict[str, np.ndarray]) -> tuple[bytes, bytes]:
     """Return (tensor bytes, manifest bytes) with the tensor hash filled in."""
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    tensor_bytes = st_save(arrays, metadata={"format": "querylift-adapter"}) if arrays else b""
+    # always a real safetensors file, even with no tensors (identity): never a 0-byte file
+    tensor_bytes = st_save(arrays, metadata={"format": "querylift-adapter"})
     manifest = manifest.model_copy(
         update={"tensors_sha256": hashlib.sha256(tensor_bytes).hexdigest()}
     )
@@ -121,7 +152,10 @@ def save_checkpoint(path: Path, manifest: Manifest, tensors: dict[str, np.ndarra
         raise FileExistsError(f"{path} exists; checkpoints are immutable")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    (staging / TENSORS_FILE).write_bytes(tensor_bytes)
-    (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
-    atomic_publish_dir(staging, path)
+    try:
+        (staging / TENSORS_FILE).write_bytes(tensor_bytes)
+        (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
+        atomic_publish_dir(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when published
     return adapter

@@ -49,14 +49,31 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
-        if self.format_version != FORMAT_VERSION:
-            raise ValueError(f"unsupported format_version {self.format_version}")
-        if self.query_model.dim != self.in_dim:
-            raise ValueError(f"query_model.dim ({self.query_model.dim}) != in_dim ({self.in_dim})")
-        if self.document_model.dim != self.out_dim:
-            raise ValueError(
-                f"document_model.dim ({self.document_model.dim}) != out_dim ({self.out_dim})"
-            )
-        if self.kind == AdapterKind.IDENTITY and self.in_dim != self.out_dim:
-            raise ValueError("identity adapter needs in_dim == out_dim")
+        problems = consistency_problems(self)
+        if problems:
+            raise ManifestInconsistent(problems)
         return self
+
+
+class ManifestInconsistent(ValueError):
+    """Raised by Manifest validation; `problems` lists every inconsistency, not just the first."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def consistency_problems(m: Manifest) -> list[str]:
+    """Every cross-field inconsistency in a manifest whose fields are individually valid."""
+    problems: list[str] = []
+    if m.format_version != FORMAT_VERSION:
+        problems.append(f"unsupported format_version {m.format_version}")
+    if m.query_model.dim != m.in_dim:
+        problems.append(f"query_model.dim ({m.query_model.dim}) != in_dim ({m.in_dim})")
+    if m.document_model.dim != m.out_dim:
+        problems.append(f"document_model.dim ({m.document_model.dim}) != out_dim ({m.out_dim})")
+    if m.kind == AdapterKind.IDENTITY and m.in_dim != m.out_dim:
+        problems.append(
+            f"identity adapter needs in_dim == out_dim (got {m.in_dim} and {m.out_dim})"
+        )
+    return problems

@@ -3,14 +3,19 @@
 Layout (a local folder, or a shared volume for several replicas):
     <root>/adapters/<id>/{adapter.safetensors, manifest.json}
     <root>/tenants/<tenant>.json   {"generation", "active", "history"}
+    <root>/.bindings.lock          flock taken while a binding is read-modified-written
 Every file is published by write-fsync-rename, so a crash leaves the old state readable.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,12 +25,14 @@ from adapters.checkpoint import (
     MANIFEST_FILE,
     TENSORS_FILE,
     Adapter,
+    CheckpointError,
     load_checkpoint,
     parse_checkpoint,
 )
 from adapters.fsutil import atomic_publish_dir, atomic_write_bytes
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "acme\n" through.
+_SAFE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 class BindingEvent(BaseModel):
@@ -60,10 +67,15 @@ class AdapterStore:
         final = self._dir(adapter.id)
         if final.exists():
             return self.get(adapter.id)
+        # store the validated manifest (tensors_sha256 filled in), so the folder verifies itself
+        manifest_json = adapter.manifest.model_dump_json(indent=2).encode()
         staging = Path(tempfile.mkdtemp(dir=self.root / "adapters", prefix=".upload-"))
-        (staging / TENSORS_FILE).write_bytes(tensor_bytes)
-        (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
-        atomic_publish_dir(staging, final)
+        try:
+            (staging / TENSORS_FILE).write_bytes(tensor_bytes)
+            (staging / MANIFEST_FILE).write_bytes(manifest_json)
+            atomic_publish_dir(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already when published
         return adapter
 
     def put_dir(self, path: Path) -> Adapter:
@@ -74,7 +86,11 @@ class AdapterStore:
         d = self._dir(adapter_id)
         if not d.is_dir():
             raise KeyError(adapter_id)
-        return load_checkpoint(d)
+        adapter = load_checkpoint(d)
+        if adapter.id != adapter_id:
+            msg = f"adapter {adapter_id}: content now hashes to {adapter.id}"
+            raise CheckpointError([f"{msg} (modified after upload)"])
+        return adapter
 
     def ids(self) -> list[str]:
         base = self.root / "adapters"
@@ -98,14 +114,29 @@ class AdapterStore:
         """Point `tenant` at `adapter_id` (None = no adapter) with the next version number."""
         if adapter_id is not None:
             self.get(adapter_id)  # must exist and load cleanly
-        b = self.binding(tenant)
-        version = max([e.version for e in b.history], default=0) + 1
-        event = BindingEvent(adapter_id=adapter_id, version=version, actor=actor)
-        new = TenantBinding(
-            tenant=tenant, generation=b.generation + 1, active=event, history=[*b.history, event]
-        )
-        atomic_write_bytes(self._binding_path(tenant), new.model_dump_json(indent=2).encode())
+        path = self._binding_path(tenant)
+        with self._bindings_lock():  # read-modify-write: no lost update between writers
+            b = self.binding(tenant)
+            version = max([e.version for e in b.history], default=0) + 1
+            event = BindingEvent(adapter_id=adapter_id, version=version, actor=actor)
+            new = TenantBinding(
+                tenant=tenant,
+                generation=b.generation + 1,
+                active=event,
+                history=[*b.history, event],
+            )
+            atomic_write_bytes(path, new.model_dump_json(indent=2).encode())
         return new
+
+    @contextmanager
+    def _bindings_lock(self) -> Iterator[None]:
+        """An exclusive flock, held across threads and processes sharing this store folder."""
+        with open(self.root / ".bindings.lock", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def tenants(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "tenants").glob("*.json"))

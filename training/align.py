@@ -7,6 +7,8 @@ model alone, which is why label training exists.
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from adapters import AdapterKind, Manifest, ModelInfo
@@ -24,6 +26,14 @@ def model_info(encoder: Encoder) -> ModelInfo:
         instruction=s.default_instruction or None,
         max_tokens=encoder.max_tokens,
     )
+
+
+def sample_texts(texts: dict[str, str], n: int = 1000, seed: int = 0) -> list[str]:
+    """ERA's identical-text set: up to `n` corpus texts, a seeded sample by id."""
+    ids = sorted(texts)
+    if len(ids) > n:
+        ids = sorted(random.Random(seed).sample(ids, n))
+    return [texts[i] for i in ids]
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
