@@ -14,6 +14,21 @@ FORMAT_VERSION = 1
 class AdapterKind(StrEnum):
     LINEAR = "linear"
     IDENTITY = "identity"
+    MLP = "mlp"
+    LOWRANK = "lowrank"
+    HYBRID = "hybrid"
+
+
+MLP_DEFAULT_HIDDEN = 2048
+MLP_ACTIVATIONS = ("gelu", "relu")
+
+# The params each kind may hold, with their defaults (None: required). Linear and identity
+# take none, but their params are not checked, so older manifests keep loading.
+KIND_PARAMS: dict[AdapterKind, dict[str, Any]] = {
+    AdapterKind.MLP: {"hidden": MLP_DEFAULT_HIDDEN, "activation": "gelu"},
+    AdapterKind.LOWRANK: {"rank": None},
+    AdapterKind.HYBRID: {"query_dim": None, "document_dim": None},
+}
 
 
 class ModelInfo(BaseModel):
@@ -47,6 +62,16 @@ class Manifest(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     name: str | None = Field(default=None, description="human label, not part of identity")
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The encoders whose query vectors the adapter takes, concatenated in this order."""
+        return ("query", "document") if self.kind == AdapterKind.HYBRID else ("query",)
+
+    @property
+    def resolved_params(self) -> dict[str, Any]:
+        """`params` with the kind's defaults filled in (call only on a valid manifest)."""
+        return resolve_params(self.kind, self.params)
+
     @model_validator(mode="after")
     def _check(self) -> Manifest:
         problems = consistency_problems(self)
@@ -63,17 +88,75 @@ class ManifestInconsistent(ValueError):
         self.problems = problems
 
 
+def resolve_params(kind: AdapterKind, params: dict[str, Any]) -> dict[str, Any]:
+    """The kind's params with defaults filled in; unknown keys are kept as they are."""
+    defaults = {k: v for k, v in KIND_PARAMS.get(kind, {}).items() if v is not None}
+    return {**defaults, **params}
+
+
+def _is_pos_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def param_problems(
+    kind: AdapterKind, params: dict[str, Any], query_dim: int, document_dim: int
+) -> list[str]:
+    """Every problem with a kind's params, given the dims of the two models it sits between."""
+    allowed = KIND_PARAMS.get(kind)
+    if allowed is None:
+        return []
+    problems: list[str] = []
+    unknown = sorted(params.keys() - allowed.keys())
+    if unknown:
+        problems.append(f"{kind.value} params: unexpected {unknown} (allowed: {sorted(allowed)})")
+    for key, default in allowed.items():
+        if key not in params and default is None:
+            problems.append(f"{kind.value} params: {key!r} is required")
+    p = resolve_params(kind, params)
+    if kind == AdapterKind.MLP:
+        if not _is_pos_int(p["hidden"]):
+            problems.append(f"mlp params: hidden must be a positive integer (got {p['hidden']!r})")
+        if p["activation"] not in MLP_ACTIVATIONS:
+            problems.append(
+                f"mlp params: activation must be one of {list(MLP_ACTIVATIONS)} "
+                f"(got {p['activation']!r})"
+            )
+    elif kind == AdapterKind.LOWRANK:
+        if "rank" in p and not _is_pos_int(p["rank"]):
+            problems.append(f"lowrank params: rank must be a positive integer (got {p['rank']!r})")
+    elif kind == AdapterKind.HYBRID:
+        for key, model, dim in (
+            ("query_dim", "query_model", query_dim),
+            ("document_dim", "document_model", document_dim),
+        ):
+            if key not in p:
+                continue
+            if not _is_pos_int(p[key]):
+                problems.append(f"hybrid params: {key} must be a positive integer (got {p[key]!r})")
+            elif p[key] != dim:
+                problems.append(f"hybrid params: {key} ({p[key]}) != {model}.dim ({dim})")
+    return problems
+
+
 def consistency_problems(m: Manifest) -> list[str]:
     """Every cross-field inconsistency in a manifest whose fields are individually valid."""
     problems: list[str] = []
     if m.format_version != FORMAT_VERSION:
         problems.append(f"unsupported format_version {m.format_version}")
-    if m.query_model.dim != m.in_dim:
-        problems.append(f"query_model.dim ({m.query_model.dim}) != in_dim ({m.in_dim})")
+    qd, dd = m.query_model.dim, m.document_model.dim
+    if m.kind == AdapterKind.HYBRID:
+        if qd + dd != m.in_dim:
+            problems.append(
+                f"hybrid in_dim ({m.in_dim}) != query_model.dim + document_model.dim "
+                f"({qd} + {dd} = {qd + dd})"
+            )
+    elif qd != m.in_dim:
+        problems.append(f"query_model.dim ({qd}) != in_dim ({m.in_dim})")
     if m.document_model.dim != m.out_dim:
         problems.append(f"document_model.dim ({m.document_model.dim}) != out_dim ({m.out_dim})")
     if m.kind == AdapterKind.IDENTITY and m.in_dim != m.out_dim:
         problems.append(
             f"identity adapter needs in_dim == out_dim (got {m.in_dim} and {m.out_dim})"
         )
+    problems.extend(param_problems(m.kind, m.params, qd, dd))
     return problems

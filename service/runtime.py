@@ -49,7 +49,21 @@ def compatibility_problems(
     """Reasons an adapter cannot serve this deployment (empty when it can)."""
     m = adapter.manifest
     problems = []
-    if m.in_dim != query_encoder.dim:
+    if "document" in m.inputs:
+        # hybrid: the input is [query-encoder vector; document-encoder vector] of the query
+        qd, dd = query_encoder.dim, document_encoder.dim
+        if m.in_dim != qd + dd:
+            problems.append(
+                f"in_dim {m.in_dim} != query encoder dim + document encoder dim "
+                f"({qd} + {dd} = {qd + dd})"
+            )
+        for key, served, label in (
+            ("query_dim", qd, "query"),
+            ("document_dim", dd, "document"),
+        ):
+            if m.params.get(key) != served:
+                problems.append(f"params.{key} {m.params.get(key)} != {label} encoder dim {served}")
+    elif m.in_dim != query_encoder.dim:
         problems.append(f"in_dim {m.in_dim} != query encoder dim {query_encoder.dim}")
     if m.out_dim != document_encoder.dim:
         problems.append(f"out_dim {m.out_dim} != document encoder dim {document_encoder.dim}")
@@ -172,7 +186,8 @@ class Runtime:
 
         Documents and the queries of tenants without an adapter go through the document
         encoder itself (natively compatible with the index); other queries go through the
-        query encoder and the tenant's active adapter.
+        query encoder and the tenant's active adapter. A hybrid adapter takes both encoders'
+        vectors of the query, concatenated [query; document]; "encode" times both.
         """
         active = self._active.get(tenant) if kind == "query" else None
         t0 = time.perf_counter()
@@ -188,6 +203,12 @@ class Runtime:
             )
         enc = self.query_encoder
         raw, counts = self._encode(enc, texts, kind, instruction, truncate)
+        if "document" in active.adapter.manifest.inputs:
+            # hybrid: the document encoder's own query vectors (exactly what a tenant without
+            # an adapter gets) go in next to the query encoder's; usage stays the query
+            # encoder's token counts
+            doc, _ = self._encode(self.document_encoder, texts, kind, instruction, truncate)
+            raw = np.concatenate([raw, doc], axis=1)
         t1 = time.perf_counter()
         vectors = active.adapter.apply(raw)
         t2 = time.perf_counter()
