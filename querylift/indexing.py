@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TypeVar
 
+import numpy as np
 from qdrant_client import models
 from tqdm import tqdm
 
@@ -63,7 +64,9 @@ def index_documents(
     batch_size: int = 64,
     total: int | None = None,
     progress: bool = True,
+    vectors: np.ndarray | None = None,
 ) -> IndexReport:
+    """Encode (or take precomputed `vectors`, one row per document) and upsert in batches."""
     info = gateway.ensure_collection(
         collection, encoder.dim, tenant_field, collection_metadata(encoder)
     )
@@ -77,16 +80,21 @@ def index_documents(
     for batch in _batches(documents, batch_size):
         texts = [d.text for d in batch]
         full = encoder.count_tokens(texts, "document")
-        res = encoder.encode(texts, "document", truncate=True)
-        truncated += sum(1 for a, b in zip(full, res.token_counts, strict=True) if a > b)
-        tokens += sum(res.token_counts)
+        if vectors is None:
+            res = encoder.encode(texts, "document", truncate=True)
+            rows, counts = res.vectors, res.token_counts
+        else:
+            rows = np.asarray(vectors[n : n + len(batch)], dtype=np.float32)
+            counts = [min(c, encoder.max_tokens) for c in full]
+        truncated += sum(1 for a, b in zip(full, counts, strict=True) if a > b)
+        tokens += sum(counts)
         points = [
             models.PointStruct(
                 id=point_id(tenant_value, d.id),
                 vector=v,
                 payload={**d.payload, "doc_id": d.id, "text": d.text, tenant_field: tenant_value},
             )
-            for d, v in zip(batch, res.vectors.tolist(), strict=True)
+            for d, v in zip(batch, rows.tolist(), strict=True)
         ]
         gateway.upsert(collection, points)
         n += len(batch)

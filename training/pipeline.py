@@ -277,3 +277,37 @@ def run_training(
         {k: len(v) for k, v in splits.items()},
         {"label": label},
     )
+
+
+def check_encoders(adapter: Adapter, query_encoder: Encoder, document_encoder: Encoder) -> None:
+    """Refuse to evaluate a checkpoint with encoders other than the ones it was trained on."""
+    m = adapter.manifest
+    problems = []
+    if m.query_model.name != query_encoder.name:
+        problems.append(f"query model {m.query_model.name!r} != {query_encoder.name!r}")
+    if m.document_model.name != document_encoder.name:
+        problems.append(f"document model {m.document_model.name!r} != {document_encoder.name!r}")
+    if not problems and m.inputs == ("query",) and m.in_dim != query_encoder.dim:
+        problems.append(f"in_dim {m.in_dim} != query encoder dim {query_encoder.dim}")
+    if problems:
+        raise ValueError(f"checkpoint {adapter.id} does not fit: " + "; ".join(problems))
+
+
+def evaluate_adapter(
+    ds: Dataset,
+    adapter: Adapter | None,
+    query_encoder: Encoder,
+    document_encoder: Encoder,
+    cache: EmbeddingCache,
+    qrels: dict[str, dict[str, int]],
+) -> dict[str, float]:
+    """Metrics of `adapter` (None = the document model's own query vectors) on `qrels`."""
+    kind = adapter.manifest.kind if adapter else AdapterKind.LINEAR
+    vec = Vectors(ds, query_encoder, document_encoder, cache, kind)
+    ids = sorted(qrels)
+    if adapter is None:
+        z = vec.document_queries(ids)
+    else:
+        check_encoders(adapter, query_encoder, document_encoder)
+        z = adapter.apply(vec.inputs(ids))
+    return evaluate_vectors(z, vec.docs, ids, vec.doc_ids, qrels)
