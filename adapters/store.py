@@ -10,7 +10,7 @@ Every file is published by write-fsync-rename, so a crash leaves the old state r
 from __future__ import annotations
 
 import fcntl
-import json
+import os
 import re
 import shutil
 import tempfile
@@ -126,7 +126,51 @@ class AdapterStore:
                 history=[*b.history, event],
             )
             atomic_write_bytes(path, new.model_dump_json(indent=2).encode())
+            self._bump_generation()
         return new
+
+    def rollback(self, tenant: str, actor: str | None = None) -> TenantBinding:
+        """Re-activate the adapter that was active before the current one (a new version).
+
+        Raises LookupError when there is nothing to go back to.
+        """
+        b = self.binding(tenant)
+        if b.active is None or len(b.history) < 2:
+            raise LookupError(f"tenant {tenant!r} has no previous adapter version")
+        previous = b.history[-2]
+        return self.activate(tenant, previous.adapter_id, actor=actor)
+
+    def delete(self, adapter_id: str) -> None:
+        """Remove an adapter version; refuses (ValueError) while a tenant has it active."""
+        d = self._dir(adapter_id)
+        if not d.is_dir():
+            raise KeyError(adapter_id)
+        with self._bindings_lock():
+            users = self.bound().get(adapter_id, [])
+            if users:
+                raise ValueError(f"adapter {adapter_id} is active for tenant(s) {users}")
+            trash = d.with_name(f".deleted-{adapter_id}")
+            os.rename(d, trash)  # atomic: readers see the whole folder or nothing
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def bound(self) -> dict[str, list[str]]:
+        """adapter id -> tenants that have it active."""
+        out: dict[str, list[str]] = {}
+        for tenant in self.tenants():
+            active = self.binding(tenant).active
+            if active is not None and active.adapter_id is not None:
+                out.setdefault(active.adapter_id, []).append(tenant)
+        return out
+
+    def generation(self) -> int:
+        """A store-wide counter bumped by every binding change (replicas poll this one file)."""
+        try:
+            return int((self.root / "generation").read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _bump_generation(self) -> None:
+        atomic_write_bytes(self.root / "generation", f"{self.generation() + 1}\n".encode())
 
     @contextmanager
     def _bindings_lock(self) -> Iterator[None]:
@@ -140,7 +184,3 @@ class AdapterStore:
 
     def tenants(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "tenants").glob("*.json"))
-
-
-def dumps_manifest(adapter: Adapter) -> str:
-    return json.dumps(adapter.manifest.model_dump(mode="json"), indent=2)

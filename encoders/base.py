@@ -18,6 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 InputKind = Literal["query", "document"]
+# one instruction for every row, or one per row (None = the spec's default)
+Instruction = str | list[str | None] | None
 
 
 class Pooling(StrEnum):
@@ -88,13 +90,13 @@ class Encoder(Protocol):
     def max_tokens(self) -> int: ...
 
     def format(
-        self, texts: list[str], kind: InputKind, instruction: str | None = None
+        self, texts: list[str], kind: InputKind, instruction: Instruction = None
     ) -> list[str]:
         """Apply the prompt template for `kind`."""
         ...
 
     def count_tokens(
-        self, texts: list[str], kind: InputKind, instruction: str | None = None
+        self, texts: list[str], kind: InputKind, instruction: Instruction = None
     ) -> list[int]:
         """Untruncated token count of each formatted text (so callers can refuse, not cut)."""
         ...
@@ -103,7 +105,7 @@ class Encoder(Protocol):
         self,
         texts: list[str],
         kind: InputKind,
-        instruction: str | None = None,
+        instruction: Instruction = None,
         truncate: bool = True,
     ) -> EncodeResult:
         """Encode; rows in input order, float32, L2-normalised when the spec says so."""
@@ -122,13 +124,18 @@ _PLACEHOLDER = re.compile(r"\{(text|instruction)\}")
 
 
 def format_texts(
-    spec: EncoderSpec, texts: list[str], kind: InputKind, instruction: str | None
+    spec: EncoderSpec, texts: list[str], kind: InputKind, instruction: Instruction
 ) -> list[str]:
-    """Fill the template in one pass, so braces inside user text are never re-expanded."""
+    """Fill the template in one pass, so braces inside user text are never re-expanded.
+
+    `instruction` is one for all rows or one per row (rows of several requests share a batch).
+    """
     tmpl = spec.document_template if kind == "document" else spec.query_template
-    instr = spec.default_instruction if instruction is None else instruction
+    per_row = instruction if isinstance(instruction, list) else [instruction] * len(texts)
+    if len(per_row) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(per_row)} instructions")
     out = []
-    for t in texts:
-        values = {"text": t, "instruction": instr}
+    for t, i in zip(texts, per_row, strict=True):
+        values = {"text": t, "instruction": spec.default_instruction if i is None else i}
         out.append(_PLACEHOLDER.sub(lambda m, v=values: v[m.group(1)], tmpl))
     return out

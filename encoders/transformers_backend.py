@@ -13,6 +13,7 @@ from encoders.base import (
     EncoderSpec,
     InputKind,
     InputTooLongError,
+    Instruction,
     Pooling,
     format_texts,
 )
@@ -63,12 +64,12 @@ class TransformersEncoder:
         return self._max_tokens
 
     def format(
-        self, texts: list[str], kind: InputKind, instruction: str | None = None
+        self, texts: list[str], kind: InputKind, instruction: Instruction = None
     ) -> list[str]:
         return format_texts(self.spec, texts, kind, instruction)
 
     def count_tokens(
-        self, texts: list[str], kind: InputKind, instruction: str | None = None
+        self, texts: list[str], kind: InputKind, instruction: Instruction = None
     ) -> list[int]:
         if not texts:
             return []  # the fast tokenizer raises IndexError on an empty batch
@@ -82,7 +83,7 @@ class TransformersEncoder:
         self,
         texts: list[str],
         kind: InputKind,
-        instruction: str | None = None,
+        instruction: Instruction = None,
         truncate: bool = True,
     ) -> EncodeResult:
         formatted = self.format(texts, kind, instruction)

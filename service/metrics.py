@@ -78,3 +78,30 @@ class Metrics:
             ["tenant", "adapter_id", "version"],
             registry=r,
         )
+        self.adapter_swaps = Counter(
+            "querylift_adapter_swaps",
+            "Adapter activations and rollbacks applied, by tenant.",
+            ["tenant"],
+            registry=r,
+        )
+        self.adapter_validation_failures = Counter(
+            "querylift_adapter_validation_failures",
+            "Adapters refused at upload or activation.",
+            ["stage"],
+            registry=r,
+        )
+        self.adapter_cache_bytes = Gauge(
+            "querylift_adapter_cache_bytes", "Bytes of adapter tensors resident.", registry=r
+        )
+        self.adapter_cache_entries = Gauge(
+            "querylift_adapter_cache_entries", "Adapters resident in memory.", registry=r
+        )
+        self.adapter_cache_evictions = Counter(
+            "querylift_adapter_cache_evictions", "Adapters evicted from memory (LRU).", registry=r
+        )
+        self.adapter_load_failures = Counter(
+            "querylift_adapter_load_failures",
+            "Active adapters that failed to load and were not served.",
+            ["tenant"],
+            registry=r,
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoders import EncoderSpec, Pooling
@@ -74,6 +74,21 @@ class Settings(BaseSettings):
         default=Path("var/adapters"), description="Adapter store folder (shared volume in prod)."
     )
 
+    adapter_cache_bytes: int = Field(
+        default=1 << 30, gt=0, description="Memory budget for resident adapters (LRU beyond it)."
+    )
+    pinned_tenants: list[str] = Field(
+        default_factory=list, description="Tenants whose adapters are never evicted (JSON list)."
+    )
+    adapter_sync_interval_s: float = Field(
+        default=0.5, gt=0, description="How often a replica checks the store for swaps."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of /admin; unset = the admin API is off."
+    )
+    audit_log: Path | None = Field(
+        default=None, description="Admin audit log (JSON lines); default <adapter_store>/audit.log"
+    )
     max_inputs: int = Field(default=256, gt=0, description="Most texts in one embed request.")
     max_input_chars: int = Field(
         default=32_768, gt=0, description="Most characters in one input text."

@@ -251,6 +251,7 @@ def test_hybrid_refuses_what_the_document_encoder_would_cut(
         "index": 1,
         "tokens": document_encoder.count_tokens([text], "query")[0],
         "max_tokens": document_encoder.max_tokens,
+        "encoder": document_encoder.name,
     }
     ok = client.post("/embed", json={"input": text, "truncate": True}, headers=auth("acme"))
     assert ok.status_code == 200, ok.text

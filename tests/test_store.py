@@ -15,7 +15,7 @@ import pytest
 
 from adapters import AdapterKind, CheckpointError, Manifest, ModelInfo, fsutil, save_checkpoint
 from adapters.checkpoint import MANIFEST_FILE, TENSORS_FILE, serialize
-from adapters.store import AdapterStore, TenantBinding, dumps_manifest
+from adapters.store import AdapterStore, TenantBinding
 
 DIN, DOUT = 10, 4
 
@@ -125,7 +125,6 @@ def test_get_round_trips_tensors_and_manifest(store: AdapterStore) -> None:
     assert got.manifest == put.manifest
     for k, v in tensors.items():
         np.testing.assert_array_equal(got.tensors[k], v)
-    assert json.loads(dumps_manifest(got)) == got.manifest.model_dump(mode="json")
 
 
 def test_put_refuses_invalid_checkpoint_and_stores_nothing(store: AdapterStore) -> None:
