@@ -52,8 +52,10 @@ class EmbeddingCache:
         digest = hashlib.sha256(ns.encode()).hexdigest()[:20]
         return self.root / f"{encoder.name.replace('/', '_')}-{kind}-{digest}.safetensors"
 
-    def _load(self, path: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        empty = (np.zeros((0, 32), np.uint8), np.zeros((0, dim), _dtype(path)))
+    def _load(
+        self, path: Path, dim: int, dtype: type[np.floating]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        empty = (np.zeros((0, 32), np.uint8), np.zeros((0, dim), dtype))
         if not path.is_file():
             return empty
         try:
@@ -63,7 +65,7 @@ class EmbeddingCache:
                 keys.ndim == 2
                 and keys.shape[1] == 32
                 and vecs.shape == (keys.shape[0], dim)
-                and vecs.dtype == _dtype(path)
+                and vecs.dtype == dtype
                 and bytes(check.tobytes()) == _checksum(keys, vecs)
             )
         except Exception as e:  # unreadable file: same treatment as a bad checksum
@@ -86,7 +88,8 @@ class EmbeddingCache:
     ) -> np.ndarray:
         """float32 vectors for `texts`, encoding only those not cached yet (then saving)."""
         path = self._path(encoder, kind, instruction)
-        keys, vecs = self._load(path, encoder.dim)
+        dtype = _dtype(kind)
+        keys, vecs = self._load(path, encoder.dim, dtype)
         index = {bytes(k): i for i, k in enumerate(keys)}
         wanted = [text_key(t) for t in texts]
         missing = list(dict.fromkeys(i for i, k in enumerate(wanted) if k not in index))
@@ -108,7 +111,7 @@ class EmbeddingCache:
             self.stats.encode_seconds += time.perf_counter() - start
             self.stats.encoded += len(items)
             new_keys = np.frombuffer(b"".join(new_rows), dtype=np.uint8).reshape(-1, 32)
-            new_vecs = np.stack(list(new_rows.values())).astype(_dtype(path))
+            new_vecs = np.stack(list(new_rows.values())).astype(dtype)
             keys = np.concatenate([keys, new_keys])
             vecs = np.concatenate([vecs, new_vecs])
             check = np.frombuffer(_checksum(keys, vecs), dtype=np.uint8)
@@ -121,8 +124,9 @@ class EmbeddingCache:
         return out
 
 
-def _dtype(path: Path) -> type[np.floating]:
-    return np.float16 if "-document-" in path.name else np.float32
+def _dtype(kind: InputKind) -> type[np.floating]:
+    """By kind, never by file name: an encoder may well be called "x-document-y"."""
+    return np.float16 if kind == "document" else np.float32
 
 
 def _checksum(keys: np.ndarray, vecs: np.ndarray) -> bytes:

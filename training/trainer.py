@@ -202,6 +202,14 @@ def train_labels(
 
     val_pairs = val.pairs() if val is not None else None
     val_mask = None
+    val_qrels: dict[str, dict[str, int]] = {}
+    if val is not None:
+        # qrels are optional on a LabelSet: its positives are the relevant documents then
+        val_qrels = val.qrels or {
+            qid: {doc_ids[j]: 1 for j in pos}
+            for qid, pos in zip(val.query_ids, val.positives, strict=True)
+            if pos
+        }
     if val is not None and len(val_pairs):
         val_mask = torch.zeros(len(val.positives), d.shape[0], dtype=torch.bool)
         val_mask[val_pairs[:, 0], val_pairs[:, 1]] = True
@@ -215,7 +223,7 @@ def train_labels(
             vp = torch.from_numpy(val_pairs)
             loss = _full_loss(zv[vp[:, 0]], d, vp[:, 0], vp[:, 1], val_mask, cfg.temperature)
             m = evaluate_vectors(
-                zv.numpy(), docs, val.query_ids, doc_ids, val.qrels, metrics=("ndcg@10", "mrr@10")
+                zv.numpy(), docs, val.query_ids, doc_ids, val_qrels, metrics=("ndcg@10", "mrr@10")
             )
         module.train()
         return {"val_loss": float(loss), "val_ndcg@10": m["ndcg@10"]}
