@@ -9,11 +9,14 @@ from typing import Annotated
 
 import typer
 
+from querylift.admin_cli import adapters_app
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     help="querylift: a strong query encoder + an adapter into your index's space.",
 )
+app.add_typer(adapters_app, name="adapters")
 
 
 def _logging(level: str) -> None:

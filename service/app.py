@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from adapters.store import AdapterStore
 from encoders import Encoder, build_encoder
+from service.admin import router as admin_router
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.qdrant_gateway import QdrantGateway
@@ -59,6 +60,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from service.replica_sync import ReplicaSync
+
         start = time.perf_counter()
         runtime = build_runtime(settings, metrics, query_encoder, document_encoder, gateway)
         app.state.runtime = runtime
@@ -70,9 +73,15 @@ def create_app(
             runtime.document_encoder.name,
             runtime.document_encoder.dim,
         )
+        # replicas sharing the store pick up swaps made elsewhere (last_sync_ok: freshness)
+        replica_sync = ReplicaSync(runtime, settings.adapter_sync_interval_s, metrics)
+        app.state.replica_sync = replica_sync
+        replica_sync.start()
         try:
             yield
         finally:
+            await replica_sync.stop()
+            app.state.replica_sync = None
             app.state.runtime = None
             if gateway is None:
                 runtime.gateway.close()
@@ -83,6 +92,7 @@ def create_app(
     app.state.runtime = None
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(admin_router)
 
     @app.middleware("http")
     async def _observe(

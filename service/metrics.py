@@ -99,6 +99,11 @@ class Metrics:
         self.adapter_cache_evictions = Counter(
             "querylift_adapter_cache_evictions", "Adapters evicted from memory (LRU).", registry=r
         )
+        self.adapter_sync_failures = Counter(
+            "querylift_adapter_sync_failures",
+            "Background adapter-store syncs that failed (the previous bindings were kept).",
+            registry=r,
+        )
         self.adapter_load_failures = Counter(
             "querylift_adapter_load_failures",
             "Active adapters that failed to load and were not served.",

@@ -8,6 +8,7 @@ live in an LRU cache under a byte budget.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -119,6 +120,7 @@ class Runtime:
         self.metrics = metrics
         self._bindings: dict[str, Bound] = {}
         self._generation = -1
+        self._sync_lock = threading.Lock()
         self.adapters = AdapterCache(
             store, settings.adapter_cache_bytes, metrics, pinned=self._pinned_ids
         )
@@ -135,6 +137,10 @@ class Runtime:
         A tenant whose new adapter cannot be loaded or does not fit keeps its previous one.
         Returns whether anything was re-read.
         """
+        with self._sync_lock:  # the poller and admin calls may race: one reader at a time
+            return self._sync(force)
+
+    def _sync(self, force: bool) -> bool:
         generation = self.store.generation()
         if not force and generation == self._generation:
             return False
@@ -161,11 +167,12 @@ class Runtime:
                     self.metrics.adapter_load_failures.labels(name).inc()
                     bound = old or Bound(None, 0)
             new[name] = bound
+        first_read = self._generation < 0
         changed = [t for t in new if new[t] != self._bindings.get(t)]
         self._bindings = new  # one pointer swap: requests read one consistent binding
         self._generation = generation
-        for t in changed:
-            if self._generation > 0 and t in self._bindings:
+        if not first_read:
+            for t in changed:
                 self.metrics.adapter_swaps.labels(t).inc()
         self._report_active()
         return True

@@ -81,7 +81,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Tenants whose adapters are never evicted (JSON list)."
     )
     adapter_sync_interval_s: float = Field(
-        default=0.5, gt=0, description="How often a replica checks the store for swaps."
+        default=0.5,
+        gt=0,
+        description="How often a replica checks the shared store for swaps made elsewhere; "
+        "every replica serves a swap within about twice this (0.5 s -> about 1 s).",
     )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of /admin; unset = the admin API is off."

@@ -1,0 +1,153 @@
+"""Background adapter sync: every replica polls the shared store and picks up swaps.
+
+Several service processes may share one adapter store (a shared volume). A swap made
+through any of them (or straight in the store) bumps the store's `generation` file; this
+task calls `Runtime.sync()` every `adapter_sync_interval_s`, which re-reads the tenant
+bindings only when that generation moved and then swaps them in with one pointer write.
+A swap is therefore served everywhere within about one interval plus one sync (load the
+new adapter), i.e. within about 2 x `adapter_sync_interval_s`.
+
+The task never dies on an error (an unreadable store, a half-written file on a flaky
+volume): it logs the exception type, counts it, keeps the bindings it has, and tries again
+at the next tick. `last_sync_ok` (monotonic seconds) says how fresh the bindings are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from anyio import to_thread
+
+from service.metrics import Metrics
+from service.runtime import Bound, Runtime
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaSync:
+    """Polls the adapter store for binding changes; start() in the lifespan, stop() at the end."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        interval_s: float,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        self.runtime = runtime
+        self.interval_s = interval_s
+        self.metrics = metrics
+        self._clock = clock
+        # the Runtime synced once (force=True) while it was built: that is the first good sync
+        self.last_sync_ok: float = clock()
+        self.syncs = 0  # completed sync calls (changed or not)
+        self.failures = 0  # failed sync calls since start
+        self._failing = 0  # consecutive failures (for log throttling)
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> asyncio.Task[None]:
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("replica sync already running")
+        self._task = asyncio.create_task(self._run(), name="querylift-adapter-sync")
+        return self._task
+
+    async def stop(self) -> None:
+        """Cancel the loop and wait for it (a sync already in its thread is let finish)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if task.done():
+            if not task.cancelled() and task.exception() is not None:
+                log.error("adapter sync had stopped: %r", task.exception())
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            # ours, unless the task awaiting stop() is itself being cancelled: pass that on
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def staleness_s(self) -> float:
+        """Seconds since the bindings were last confirmed current against the store."""
+        return self._clock() - self.last_sync_ok
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        log.info("adapter sync: polling the store every %.3gs", self.interval_s)
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.tick()
+
+    async def tick(self) -> bool:
+        """One sync in a worker thread; returns whether the bindings were re-read.
+
+        Never raises an Exception (only cancellation propagates).
+        """
+        try:
+            before, changed, after = await to_thread.run_sync(self._sync_once)
+        except Exception as e:
+            self._failed(e)
+            return False
+        self.syncs += 1
+        self.last_sync_ok = self._clock()
+        if self._failing:
+            log.warning("adapter sync recovered after %d failed attempt(s)", self._failing)
+            self._failing = 0
+        if changed:
+            self._log_swaps(before, after)
+        return changed
+
+    def _sync_once(self) -> tuple[dict[str, Bound | None], bool, dict[str, Bound | None]]:
+        names = list(self.runtime.tenants.tenants)
+        before = {t: self.runtime.binding(t) for t in names}
+        changed = self.runtime.sync()
+        after = {t: self.runtime.binding(t) for t in names} if changed else before
+        return before, changed, after
+
+    def _failed(self, e: Exception) -> None:
+        self.failures += 1
+        self._failing += 1
+        if self.metrics is not None:
+            self.metrics.adapter_sync_failures.inc()
+        # the first failure of a streak with its traceback, then one line each
+        log.error(
+            "adapter sync failed (%s: %s); keeping the current bindings, retrying in %.3gs"
+            " (%d consecutive failure(s))",
+            type(e).__name__,
+            e,
+            self.interval_s,
+            self._failing,
+            exc_info=e if self._failing == 1 else None,
+        )
+
+    def _log_swaps(self, before: dict[str, Bound | None], after: dict[str, Bound | None]) -> None:
+        generation = self.runtime.store.generation()
+        for tenant, new in after.items():
+            old = before.get(tenant)
+            if new == old:
+                continue
+            log.info(
+                "adapter swap (store generation %d): tenant %s %s -> %s",
+                generation,
+                tenant,
+                _describe(old),
+                _describe(new),
+            )
+
+
+def _describe(b: Bound | None) -> str:
+    if b is None or b.adapter_id is None:
+        return "no adapter"
+    return f"{b.adapter_id} v{b.version}"
