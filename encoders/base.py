@@ -35,7 +35,7 @@ class EncoderSpec(BaseModel):
 
     name: str = Field(description="Model name reported in responses and manifests.")
     path: str = Field(description="Local model directory (or a hub id where a hub is reachable).")
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai_http"] = "transformers"
     revision: str | None = None
     pooling: Pooling = Pooling.MEAN
     query_template: str = Field(
@@ -51,6 +51,17 @@ class EncoderSpec(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(default=32, gt=0)
     threads: int | None = Field(default=None, gt=0)
+    # openai_http: an OpenAI-compatible /v1/embeddings upstream (path = a local tokenizer folder)
+    url: str | None = Field(default=None, description="openai_http: upstream base URL (…/v1)")
+    api_key: str | None = Field(default=None, description="openai_http: upstream API key")
+    upstream_model: str | None = Field(
+        default=None, description="openai_http: model name sent upstream (default: name)"
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="openai_http: request timeout")
+    max_retries: int = Field(default=3, ge=0, description="openai_http: retries on 5xx")
+    # vllm: in-process engine options
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vllm")
+    max_model_len: int | None = Field(default=None, gt=0, description="vllm: context length")
 
     def fingerprint(self) -> str:
         """Stable hash of the fields that change vectors (not device, batch size or threads)."""

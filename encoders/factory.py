@@ -10,4 +10,12 @@ def build_encoder(spec: EncoderSpec) -> Encoder:
         from encoders.transformers_backend import TransformersEncoder
 
         return TransformersEncoder(spec)
+    if spec.backend == "vllm":
+        from encoders.vllm_backend import VLLMEncoder
+
+        return VLLMEncoder(spec)
+    if spec.backend == "openai_http":
+        from encoders.openai_http import OpenAIHTTPEncoder
+
+        return OpenAIHTTPEncoder(spec)
     raise ValueError(f"unknown encoder backend {spec.backend!r}")
