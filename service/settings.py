@@ -6,7 +6,7 @@ Nested fields use `__`, e.g. `QUERYLIFT_QUERY_ENCODER__PATH=/models/x`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,40 @@ EMBEDDED_DOCUMENT_ENCODER = EncoderSpec(
     pooling=Pooling.MEAN,
     max_tokens=256,
 )
+# The production (GPU) profile: Qwen3-Embedding-8B queries (4096-d, vLLM, bf16) against a
+# Qwen3-Embedding-0.6B index (1024-d). Hub ids: the weights land in HF_HOME on first start.
+# Qwen3 embeddings want the instruction prompt on queries and none on documents; the document
+# encoder also embeds the queries of tenants without an adapter, so it gets the same prompt.
+QWEN3_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery:{text}"
+QWEN3_DEFAULT_INSTRUCTION = (
+    "Given a web search query, retrieve relevant passages that answer the query"
+)
+GPU_QUERY_ENCODER = EncoderSpec(
+    name="Qwen3-Embedding-8B",
+    path="Qwen/Qwen3-Embedding-8B",
+    backend="vllm",
+    pooling=Pooling.LAST,
+    query_template=QWEN3_QUERY_TEMPLATE,
+    default_instruction=QWEN3_DEFAULT_INSTRUCTION,
+    max_tokens=8192,
+    device="cuda",
+    dtype="bfloat16",
+)
+GPU_DOCUMENT_ENCODER = EncoderSpec(
+    name="Qwen3-Embedding-0.6B",
+    path="Qwen/Qwen3-Embedding-0.6B",
+    backend="transformers",
+    pooling=Pooling.LAST,
+    query_template=QWEN3_QUERY_TEMPLATE,
+    default_instruction=QWEN3_DEFAULT_INSTRUCTION,
+    max_tokens=8192,
+    device="cuda",
+    dtype="bfloat16",
+)
+PROFILE_ENCODERS: dict[str, tuple[EncoderSpec, EncoderSpec]] = {
+    "embedded": (EMBEDDED_QUERY_ENCODER, EMBEDDED_DOCUMENT_ENCODER),
+    "gpu": (GPU_QUERY_ENCODER, GPU_DOCUMENT_ENCODER),
+}
 
 
 class Settings(BaseSettings):
@@ -39,6 +73,11 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Bind address of `querylift serve`.")
     port: int = Field(default=8080, description="Port of `querylift serve`.")
     log_level: str = Field(default="info", description="Python log level.")
+    profile: Literal["embedded", "gpu"] = Field(
+        default="embedded",
+        description="Encoder defaults: `embedded` (CPU: mpnet -> MiniLM) or `gpu` (Qwen3-8B "
+        "via vLLM -> Qwen3-0.6B, bf16 on CUDA); QUERYLIFT_*_ENCODER__* still override them.",
+    )
 
     query_encoder: EncoderSpec = Field(
         default=EMBEDDED_QUERY_ENCODER, description="The big query encoder (nested fields)."
@@ -100,14 +139,18 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _merge_encoder_overrides(cls, data: Any) -> Any:
-        """`QUERYLIFT_QUERY_ENCODER__PATH=...` alone overrides one field of the default spec."""
+        """Encoder defaults come from the profile; `QUERYLIFT_QUERY_ENCODER__PATH=...` alone
+        overrides one field of the profile's spec (an explicit spec replaces it whole)."""
         if not isinstance(data, dict):
             return data
-        for key, default in (
-            ("query_encoder", EMBEDDED_QUERY_ENCODER),
-            ("document_encoder", EMBEDDED_DOCUMENT_ENCODER),
-        ):
+        profile = data.get("profile", "embedded")
+        defaults = PROFILE_ENCODERS.get(profile) if isinstance(profile, str) else None
+        if defaults is None:  # an unknown profile: the field's own validation names it
+            return data
+        for key, default in zip(("query_encoder", "document_encoder"), defaults, strict=True):
             value = data.get(key)
             if isinstance(value, dict):
                 data[key] = {**default.model_dump(), **value}
+            elif key not in data:
+                data[key] = default
         return data
