@@ -221,6 +221,9 @@ def train(
     batch_size: int = 256,
     patience: int = 5,
     negatives: Annotated[str, typer.Option(help="full | mined (ERA)")] = "full",
+    monitor: Annotated[
+        str, typer.Option(help="early stopping on val `loss` or `ndcg@10`")
+    ] = "loss",
     reg: Annotated[float, typer.Option(help="L2 pull toward the starting weights")] = 0.0,
     hidden: int = 2048,
     rank: int = 32,
@@ -257,6 +260,7 @@ def train(
                     "batch_size": batch_size,
                     "patience": patience,
                     "negatives": negatives,
+                    "monitor": monitor,
                     "reg": reg,
                 },
             }

@@ -37,7 +37,10 @@ class LabelConfig(BaseModel):
     batch_size: int = Field(default=256, ge=1)
     warmup: float = Field(default=0.1, ge=0, lt=1)
     patience: int = Field(default=5, ge=1, description="epochs without improvement")
-    monitor: Literal["ndcg@10", "loss"] = "ndcg@10"
+    monitor: Literal["ndcg@10", "loss"] = Field(
+        default="loss",
+        description="early stopping on validation loss (smooth, stable across seeds) or nDCG@10",
+    )
     negatives: Literal["full", "mined"] = "full"
     hard_negatives: int = Field(default=5, ge=1)
     mine_depth: int = Field(default=2000, ge=1)
