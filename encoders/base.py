@@ -123,6 +123,13 @@ class Encoder(Protocol):
         ...
 
 
+class EncoderError(RuntimeError):
+    """The encoder cannot produce vectors right now (engine starting or dead, upstream down).
+
+    The service answers 503 for it; backends subclass it with their own details.
+    """
+
+
 class InputTooLongError(ValueError):
     def __init__(self, index: int, tokens: int, max_tokens: int) -> None:
         super().__init__(f"input {index} has {tokens} tokens; the limit is {max_tokens}")

@@ -37,6 +37,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from encoders.base import (
+    EncoderError,
     EncodeResult,
     EncoderSpec,
     InputKind,
@@ -52,7 +53,7 @@ _UNSET_MODEL_MAX = 1_000_000
 _PROBE_TEXT = "ping"
 
 
-class UpstreamError(RuntimeError):
+class UpstreamError(EncoderError):
     """The upstream failed: a 4xx, 5xx after the retries, a timeout, a dead or bad upstream.
 
     `status` is the last HTTP status seen, or None when no usable response came back

@@ -85,6 +85,20 @@ def create_app(
             app.state.runtime = None
             if gateway is None:
                 runtime.gateway.close()
+            # close the encoders this app built (an engine, an HTTP pool); injected ones are
+            # the caller's
+            built = [
+                e
+                for e, given in (
+                    (runtime.query_encoder, query_encoder),
+                    (runtime.document_encoder, document_encoder),
+                )
+                if given is None
+            ]
+            for enc in {id(e): e for e in built}.values():
+                close = getattr(enc, "close", None)
+                if callable(close):
+                    close()
 
     app = FastAPI(title="querylift", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -59,6 +59,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.encoder_failures = Counter(
+            "querylift_encoder_failures",
+            "Encoder batches that failed (engine or upstream down).",
+            ["encoder"],
+            registry=r,
+        )
         self.adapter_latency = Histogram(
             "querylift_adapter_apply_duration_seconds",
             "Adapter apply time per call.",

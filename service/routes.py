@@ -221,7 +221,12 @@ async def readyz(request: Request) -> Response:
     if runtime is None:
         checks["encoders"] = "loading"
     else:
-        checks["encoders"] = "ok"
+        not_ready = [
+            e.name
+            for e in (runtime.query_encoder, runtime.document_encoder)
+            if not getattr(e, "ready", True)
+        ]
+        checks["encoders"] = "ok" if not not_ready else "not ready: " + ", ".join(not_ready)
         try:
             await to_thread.run_sync(runtime.gateway.ping)
             checks["qdrant"] = "ok"

@@ -17,6 +17,7 @@ import numpy as np
 from adapters import Adapter, CheckpointError
 from adapters.store import AdapterStore
 from encoders import Encoder, InputKind
+from encoders.base import EncoderError
 from service.adapter_cache import AdapterCache
 from service.errors import APIError
 from service.metrics import Metrics
@@ -273,7 +274,18 @@ class Runtime:
         instructions: list[str | None],
     ) -> tuple[np.ndarray, list[int]]:
         start = time.perf_counter()
-        res = encoder.encode(texts, kind, instruction=instructions, truncate=True)
+        try:
+            res = encoder.encode(texts, kind, instruction=instructions, truncate=True)
+        except EncoderError as e:
+            self.metrics.encoder_failures.labels(encoder.name).inc()
+            log.error("encoder %s failed a batch of %d: %s", encoder.name, len(texts), e)
+            raise APIError(
+                503,
+                "encoder_unavailable",
+                f"the {encoder.name} encoder cannot answer right now",
+                {"encoder": encoder.name},
+                headers={"Retry-After": "1"},
+            ) from e
         m = self.metrics
         m.encoder_latency.labels(encoder.name, kind).observe(time.perf_counter() - start)
         m.encoder_batch_size.labels(encoder.name, kind).observe(len(texts))

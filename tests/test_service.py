@@ -346,3 +346,34 @@ def test_metrics_expose_requests_encoders_qdrant_and_adapters(
         'tenant="acme",version="1"} 1.0'
     ) in text
     assert 'querylift_tenant_requests_total{endpoint="/embed",tenant="acme"} 1.0' in text
+
+
+def test_a_failing_encoder_is_a_503_and_the_next_batch_is_served(client: TestClient, monkeypatch):
+    from encoders.base import EncoderError
+
+    runtime = client.app.state.runtime
+    real = runtime.query_encoder.encode
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise EncoderError("engine died")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.query_encoder, "encode", flaky)
+    err = assert_error(
+        client.post("/embed", json={"input": "x"}, headers=auth("acme")), 503, "encoder_unavailable"
+    )
+    assert err["details"]["encoder"] == "tiny-qwen3"
+    assert client.post("/embed", json={"input": "x"}, headers=auth("acme")).status_code == 200
+    text = client.get("/metrics").text
+    assert 'querylift_encoder_failures_total{encoder="tiny-qwen3"} 1.0' in text
+
+
+def test_readiness_reports_an_encoder_that_is_not_ready(client: TestClient, monkeypatch):
+    runtime = client.app.state.runtime
+    monkeypatch.setattr(type(runtime.query_encoder), "ready", False, raising=False)
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["checks"]["encoders"].startswith("not ready: tiny-qwen3")
