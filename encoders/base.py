@@ -123,6 +123,33 @@ class Encoder(Protocol):
         ...
 
 
+class EncoderBase:
+    """What every backend shares: identity from its spec and prompt formatting."""
+
+    spec: EncoderSpec
+    _dim: int | None
+    _max_tokens: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            raise RuntimeError(f"{self.spec.name}: dimension not known yet")
+        return self._dim
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def format(
+        self, texts: list[str], kind: InputKind, instruction: Instruction = None
+    ) -> list[str]:
+        return format_texts(self.spec, texts, kind, instruction)
+
+
 class EncoderError(RuntimeError):
     """The encoder cannot produce vectors right now (engine starting or dead, upstream down).
 

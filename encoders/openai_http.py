@@ -37,13 +37,13 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from encoders.base import (
+    EncoderBase,
     EncoderError,
     EncodeResult,
     EncoderSpec,
     InputKind,
     InputTooLongError,
     Instruction,
-    format_texts,
 )
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _retry_after(resp: httpx.Response | None) -> float | None:
         return None  # absent, or an HTTP date: ignore it
 
 
-class OpenAIHTTPEncoder:
+class OpenAIHTTPEncoder(EncoderBase):
     """The `Encoder` protocol over an OpenAI-compatible embeddings endpoint."""
 
     def __init__(
@@ -155,30 +155,12 @@ class OpenAIHTTPEncoder:
 
     # -- protocol ---------------------------------------------------------------------------
     @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def dim(self) -> int:
-        assert self._dim is not None
-        return self._dim
-
-    @property
-    def max_tokens(self) -> int:
-        return self._max_tokens
-
-    @property
     def last_usage(self) -> dict[str, int] | None:
         """The upstream's `usage` for this thread's last `encode` (summed over its batches).
 
         None when the upstream reported none. Per-text counts in `EncodeResult` are local.
         """
         return getattr(self._local, "usage", None)
-
-    def format(
-        self, texts: list[str], kind: InputKind, instruction: Instruction = None
-    ) -> list[str]:
-        return format_texts(self.spec, texts, kind, instruction)
 
     def count_tokens(
         self, texts: list[str], kind: InputKind, instruction: Instruction = None

@@ -9,13 +9,13 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from encoders.base import (
+    EncoderBase,
     EncodeResult,
     EncoderSpec,
     InputKind,
     InputTooLongError,
     Instruction,
     Pooling,
-    format_texts,
 )
 
 
@@ -25,7 +25,7 @@ def _resolve_dtype(spec: EncoderSpec, device: torch.device) -> torch.dtype:
     return getattr(torch, spec.dtype)
 
 
-class TransformersEncoder:
+class TransformersEncoder(EncoderBase):
     """Pooling, prompts, truncation and normalisation around an `AutoModel`."""
 
     def __init__(self, spec: EncoderSpec) -> None:
@@ -50,23 +50,6 @@ class TransformersEncoder:
         # torch modules are safe to call from several threads, but one forward at a time keeps
         # the CPU's cores on one batch instead of thrashing between several.
         self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def max_tokens(self) -> int:
-        return self._max_tokens
-
-    def format(
-        self, texts: list[str], kind: InputKind, instruction: Instruction = None
-    ) -> list[str]:
-        return format_texts(self.spec, texts, kind, instruction)
 
     def count_tokens(
         self, texts: list[str], kind: InputKind, instruction: Instruction = None

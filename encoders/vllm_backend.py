@@ -41,6 +41,7 @@ import numpy as np
 from transformers import AutoConfig, AutoTokenizer
 
 from encoders.base import (
+    EncoderBase,
     EncoderError,
     EncodeResult,
     EncoderSpec,
@@ -48,7 +49,6 @@ from encoders.base import (
     InputTooLongError,
     Instruction,
     Pooling,
-    format_texts,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _shutdown_engine(engine: Any) -> Any:
     return shutdown() if callable(shutdown) else None
 
 
-class VLLMEncoder:
+class VLLMEncoder(EncoderBase):
     """`Encoder` over an in-process vLLM `AsyncLLM`; start-up runs in the background.
 
     `engine` is an engine object (anything with vLLM's `encode`/`abort`/`shutdown`), a
@@ -243,23 +243,6 @@ class VLLMEncoder:
             self._loop.call_soon_threadsafe(self._start, factory)
 
     # ------------------------------------------------------------ protocol
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def max_tokens(self) -> int:
-        return self._max_tokens
-
-    def format(
-        self, texts: list[str], kind: InputKind, instruction: Instruction = None
-    ) -> list[str]:
-        return format_texts(self.spec, texts, kind, instruction)
 
     def count_tokens(
         self, texts: list[str], kind: InputKind, instruction: Instruction = None
