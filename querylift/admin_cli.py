@@ -205,3 +205,38 @@ def delete(
     """Remove an adapter version (refused while a tenant has it active)."""
     _call("DELETE", url, f"/admin/adapters/{quote(adapter_id, safe='')}", token, actor, timeout)
     _print({"deleted": adapter_id})
+
+
+@adapters_app.command("import-era")
+def import_era_(
+    pt_file: Annotated[Path, typer.Argument(help="ERA's .pt state dict (proj.weight, proj.bias).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint folder to write (must not exist).")],
+    query_model: Annotated[str, typer.Option(help="Query model name served.")] = (
+        "Qwen3-Embedding-8B"
+    ),
+    document_model: Annotated[str, typer.Option(help="Document model of the index.")] = (
+        "Qwen3-Embedding-0.6B"
+    ),
+    instruction: Annotated[str | None, typer.Option(help="Query instruction used.")] = None,
+) -> None:
+    """Convert an ERA adapter (.pt) into a checkpoint folder (then `upload` it)."""
+    from training.era import import_era
+
+    try:
+        adapter = import_era(
+            pt_file,
+            out,
+            query_model=query_model,
+            document_model=document_model,
+            instruction=instruction,
+        )
+    except (ValueError, FileExistsError) as e:
+        raise _fail(str(e), 2) from None
+    _print(
+        {
+            "id": adapter.id,
+            "path": str(out),
+            "in_dim": adapter.manifest.in_dim,
+            "out_dim": adapter.manifest.out_dim,
+        }
+    )
