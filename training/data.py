@@ -56,33 +56,24 @@ def read_corpus(path: Path) -> Iterator[Document]:
     """
     path = resolve_corpus(path)
     seen: set[str] = set()
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            doc_id = rec.pop("_id", None) if "_id" in rec else rec.pop("id", None)
-            if doc_id is None or str(doc_id) == "":
-                raise DataError(f"{path}:{lineno}: record has no `_id` or `id`")
-            doc_id = str(doc_id)
-            if doc_id in seen:
-                raise DataError(f"{path}:{lineno}: duplicate document id {doc_id!r}")
-            seen.add(doc_id)
-            body = rec.pop("text", None)
-            if not isinstance(body, str):
-                raise DataError(f"{path}:{lineno}: document {doc_id!r} has no string `text`")
-            title = rec.get("title") or ""
-            text = document_text(str(title), body)
-            if not text:
-                raise DataError(f"{path}:{lineno}: document {doc_id!r} has empty text")
-            if rec.get("metadata") == {}:
-                rec.pop("metadata")
-            yield Document(doc_id, text, rec)
+    for lineno, rec in _json_lines(path):
+        doc_id = rec.pop("_id", None) if "_id" in rec else rec.pop("id", None)
+        if doc_id is None or str(doc_id) == "":
+            raise DataError(f"{path}:{lineno}: record has no `_id` or `id`")
+        doc_id = str(doc_id)
+        if doc_id in seen:
+            raise DataError(f"{path}:{lineno}: duplicate document id {doc_id!r}")
+        seen.add(doc_id)
+        body = rec.pop("text", None)
+        if not isinstance(body, str):
+            raise DataError(f"{path}:{lineno}: document {doc_id!r} has no string `text`")
+        title = rec.get("title") or ""
+        text = document_text(str(title), body)
+        if not text:
+            raise DataError(f"{path}:{lineno}: document {doc_id!r} has empty text")
+        if rec.get("metadata") == {}:
+            rec.pop("metadata")
+        yield Document(doc_id, text, rec)
 
 
 # --------------------------------------------------------------------------------------------
