@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from adapters.store import AdapterStore
 from encoders import Encoder, build_encoder
 from service.admin import router as admin_router
+from service.batcher import Batcher
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.qdrant_gateway import QdrantGateway
@@ -77,9 +78,22 @@ def create_app(
         replica_sync = ReplicaSync(runtime, settings.adapter_sync_interval_s, metrics)
         app.state.replica_sync = replica_sync
         replica_sync.start()
+        # one task merges concurrent embed requests into batches on one worker thread
+        batcher = Batcher(
+            runtime,
+            max_items=settings.batch_max_items,
+            max_tokens=settings.batch_max_tokens,
+            max_wait_ms=settings.batch_max_wait_ms,
+            max_queue=settings.max_queue,
+            metrics=metrics,
+        )
+        app.state.batcher = batcher
+        batcher.start()
         try:
             yield
         finally:
+            await batcher.stop()
+            app.state.batcher = None
             await replica_sync.stop()
             app.state.replica_sync = None
             app.state.runtime = None
@@ -104,6 +118,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = None
+    app.state.batcher = None
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(admin_router)

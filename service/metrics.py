@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 _TOKEN_BUCKETS = (8, 32, 128, 512, 2048, 8192, 32768, 131072)
 
 
@@ -114,5 +115,30 @@ class Metrics:
             "querylift_adapter_load_failures",
             "Active adapters that failed to load and were not served.",
             ["tenant"],
+            registry=r,
+        )
+        self.queue_depth = Gauge("querylift_queue_depth", "Texts waiting for a batch.", registry=r)
+        self.batch_size = Histogram(
+            "querylift_batch_size",
+            "Texts per batch run by the batcher.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "querylift_batch_requests",
+            "Requests merged into one batch.",
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "querylift_queue_wait_seconds",
+            "Time a request waited in the queue before its batch started.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "querylift_rejected",
+            "Requests refused by the batcher (overloaded: queue full; timeout: deadline).",
+            ["reason"],
             registry=r,
         )

@@ -13,8 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from qdrant_client import models
 
+from service.batcher import Batcher
 from service.errors import APIError
-from service.runtime import EmbedOutcome, Runtime
+from service.runtime import EmbedItem, EmbedOutcome, Runtime
 from service.schemas import (
     AdapterRef,
     EmbeddingItem,
@@ -55,8 +56,16 @@ def get_tenant(request: Request, runtime: Annotated[Runtime, Depends(get_runtime
     return tenant
 
 
+def get_batcher(request: Request) -> Batcher:
+    batcher: Batcher | None = getattr(request.app.state, "batcher", None)
+    if batcher is None:
+        raise APIError(503, "not_ready", "the service is still starting")
+    return batcher
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 TenantDep = Annotated[Tenant, Depends(get_tenant)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 
 
 def _check_limits(runtime: Runtime, texts: list[str]) -> None:
@@ -89,6 +98,7 @@ def _adapter_ref(outcome: EmbedOutcome) -> AdapterRef | None:
 
 async def _embed(
     runtime: Runtime,
+    batcher: Batcher,
     tenant: Tenant,
     texts: list[str],
     kind: str,
@@ -98,17 +108,29 @@ async def _embed(
 ) -> EmbedOutcome:
     _check_limits(runtime, texts)
     runtime.metrics.tenant_requests.labels(tenant.name, endpoint).inc()
-    return await to_thread.run_sync(
-        lambda: runtime.embed(tenant.name, texts, kind, instruction, truncate)  # type: ignore[arg-type]
-    )
+    item = EmbedItem(tenant.name, texts, kind, instruction, truncate)  # type: ignore[arg-type]
+    # merged with concurrent requests into one encoder batch; the outcome's timings carry
+    # the queue wait (`queue` in Server-Timing)
+    return await batcher.submit(item, runtime.settings.request_timeout_s)
 
 
 @router.post("/embed", response_model=EmbedResponse)
 async def embed(
-    body: EmbedRequest, response: Response, runtime: RuntimeDep, tenant: TenantDep
+    body: EmbedRequest,
+    response: Response,
+    runtime: RuntimeDep,
+    batcher: BatcherDep,
+    tenant: TenantDep,
 ) -> EmbedResponse:
     out = await _embed(
-        runtime, tenant, body.texts(), body.input_type, body.instruction, body.truncate, "/embed"
+        runtime,
+        batcher,
+        tenant,
+        body.texts(),
+        body.input_type,
+        body.instruction,
+        body.truncate,
+        "/embed",
     )
     _server_timing(response, out.timings_ms)
     tokens = sum(out.token_counts)
@@ -122,7 +144,11 @@ async def embed(
 
 @router.post("/v1/embeddings", response_model=OpenAIEmbeddingsResponse)
 async def openai_embeddings(
-    body: OpenAIEmbeddingsRequest, response: Response, runtime: RuntimeDep, tenant: TenantDep
+    body: OpenAIEmbeddingsRequest,
+    response: Response,
+    runtime: RuntimeDep,
+    batcher: BatcherDep,
+    tenant: TenantDep,
 ) -> OpenAIEmbeddingsResponse:
     raw = body.input
     if isinstance(raw, list) and raw and not isinstance(raw[0], str):
@@ -138,7 +164,7 @@ async def openai_embeddings(
     except ValidationError as e:
         raise APIError(422, "invalid_request", e.errors()[0]["msg"]) from None
     out = await _embed(
-        runtime, tenant, texts, body.input_type, body.instruction, False, "/v1/embeddings"
+        runtime, batcher, tenant, texts, body.input_type, body.instruction, False, "/v1/embeddings"
     )
     dim = out.vectors.shape[1]
     if body.dimensions is not None and body.dimensions != dim:
@@ -167,7 +193,11 @@ async def openai_embeddings(
 
 @router.post("/search", response_model=SearchResponse)
 async def search(
-    body: SearchRequest, response: Response, runtime: RuntimeDep, tenant: TenantDep
+    body: SearchRequest,
+    response: Response,
+    runtime: RuntimeDep,
+    batcher: BatcherDep,
+    tenant: TenantDep,
 ) -> SearchResponse:
     client_filter = None
     if body.filter is not None:
@@ -180,7 +210,9 @@ async def search(
                 "filter is not a valid Qdrant filter",
                 [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()[:10]],
             ) from None
-    out = await _embed(runtime, tenant, [body.query], "query", body.instruction, False, "/search")
+    out = await _embed(
+        runtime, batcher, tenant, [body.query], "query", body.instruction, False, "/search"
+    )
     t0 = time.perf_counter()
     try:
         hits = await to_thread.run_sync(
@@ -203,7 +235,8 @@ async def search(
         results=[SearchResult(id=h.id, score=h.score, payload=h.payload) for h in hits],
         adapter=_adapter_ref(out),
         model=out.model,
-        timings_ms={k: round(v, 3) for k, v in timings.items()},
+        # the body keeps its documented keys; the queue wait is in Server-Timing only
+        timings_ms={k: round(v, 3) for k, v in timings.items() if k != "queue"},
     )
 
 

@@ -136,6 +136,28 @@ class Settings(BaseSettings):
         default=32_768, gt=0, description="Most characters in one input text."
     )
 
+    batch_max_items: int = Field(
+        default=64, gt=0, description="Most texts in one encoder batch (requests are merged)."
+    )
+    batch_max_tokens: int = Field(
+        default=16_384,
+        gt=0,
+        description="Most (approximate: chars // 4 + 2 per text) tokens in one encoder batch.",
+    )
+    batch_max_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Longest a batch waits for more requests after its first one arrived.",
+    )
+    max_queue: int = Field(
+        default=1024,
+        gt=0,
+        description="Most texts waiting for a batch; beyond it requests get 429 + Retry-After.",
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline of one embed request in the queue (504 past it)."
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _merge_encoder_overrides(cls, data: Any) -> Any:

@@ -1,0 +1,254 @@
+"""Dynamic batching between the routes and the encoders.
+
+Requests `await Batcher.submit(item, timeout_s)`; one background asyncio task gathers the
+queued items into a batch and runs `Runtime.embed_batch` (one encoder pass per encoder and
+input kind, for items of any tenants) on ONE dedicated worker thread, so the event loop,
+health checks and /metrics never wait behind a batch.
+
+A batch is cut when it holds `max_items` texts, or about `max_tokens` tokens, or
+`max_wait_ms` after its first item arrived, whichever comes first. Tokens are approximated
+as `len(text) // 4 + 2` per text (about four characters a token plus the special tokens) so
+nothing is tokenised twice; the encoders still truncate or refuse by their real counts.
+A single item larger than a limit is batched alone, never split.
+
+Items whose future is already done (the client went away, or its deadline passed) are
+dropped before a batch starts. Backpressure: when `max_queue` texts are already waiting,
+`submit` answers 429 at once. The loop never dies on an exception: that batch's requests get
+the error (503 when it is not an APIError) and the next batch runs as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from service.errors import APIError
+from service.metrics import Metrics
+from service.runtime import EmbedItem, EmbedOutcome, Runtime
+
+log = logging.getLogger(__name__)
+
+
+def approx_tokens(text: str) -> int:
+    """A cheap token estimate for batch cutting (no tokenizer call)."""
+    return len(text) // 4 + 2
+
+
+@dataclass
+class _Pending:
+    item: EmbedItem
+    future: asyncio.Future[EmbedOutcome]
+    enqueued: float
+    texts: int
+    tokens: int
+    wait_s: float = field(default=0.0)
+
+
+class Batcher:
+    """Queue + one batching task; start() in the lifespan, stop() at the end."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        max_items: int,
+        max_tokens: int,
+        max_wait_ms: float,
+        max_queue: int,
+        metrics: Metrics,
+    ) -> None:
+        if max_items <= 0 or max_tokens <= 0 or max_queue <= 0 or max_wait_ms < 0:
+            raise ValueError("batch limits must be positive (max_wait_ms >= 0)")
+        self.runtime = runtime
+        self.max_items = max_items
+        self.max_tokens = max_tokens
+        self.max_wait_s = max_wait_ms / 1e3
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self._queue: deque[_Pending] = deque()
+        self._queued_texts = 0
+        self._queued_tokens = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.batches = 0  # batches run (for tests and debugging)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> asyncio.Task[None]:
+        if self.running:
+            raise RuntimeError("batcher already running")
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="querylift-batch")
+        self._task = asyncio.create_task(self._run(), name="querylift-batcher")
+        return self._task
+
+    async def stop(self) -> None:
+        """Cancel the loop; queued requests get 503. A batch already in its thread finishes
+        there, but its requests are answered 503 now."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        self._fail_queued(APIError(503, "shutting_down", "the service is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    # -- requests ----------------------------------------------------------------------------
+    async def submit(self, item: EmbedItem, timeout_s: float) -> EmbedOutcome:
+        """The item's outcome; raises its APIError, 429 when overloaded, 504 past timeout_s."""
+        if not self.running or self._wake is None:
+            raise APIError(503, "not_ready", "the service is not accepting work right now")
+        n = len(item.texts)
+        if self._queued_texts and self._queued_texts + n > self.max_queue:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise APIError(
+                429,
+                "overloaded",
+                f"{self._queued_texts} texts are already waiting; try again shortly",
+                {"queued": self._queued_texts, "max_queue": self.max_queue},
+                headers={"Retry-After": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(
+            item,
+            loop.create_future(),
+            time.monotonic(),
+            n,
+            sum(approx_tokens(t) for t in item.texts),
+        )
+        self._queue.append(pending)
+        self._queued_texts += pending.texts
+        self._queued_tokens += pending.tokens
+        self.metrics.queue_depth.set(self._queued_texts)
+        self._wake.set()
+        try:
+            # wait_for cancels the future on timeout or when the client goes away, so a
+            # batch that has not started yet skips the item
+            out = await asyncio.wait_for(pending.future, timeout_s)
+        except TimeoutError:
+            self.metrics.rejected.labels("timeout").inc()
+            raise APIError(
+                504,
+                "timeout",
+                f"no result within {timeout_s:g} s",
+                {"timeout_s": timeout_s},
+            ) from None
+        out.timings_ms = {"queue": pending.wait_s * 1e3, **out.timings_ms}
+        return out
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                batch = await self._collect()
+                if batch:
+                    await self._execute(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never die: log it and go on with the next batch
+                log.exception("batcher loop error")
+
+    def _full(self) -> bool:
+        return self._queued_texts >= self.max_items or self._queued_tokens >= self.max_tokens
+
+    async def _collect(self) -> list[_Pending]:
+        assert self._wake is not None
+        while not self._queue:
+            self._wake.clear()
+            await self._wake.wait()
+        deadline = self._queue[0].enqueued + self.max_wait_s
+        while not self._full():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                break
+        batch: list[_Pending] = []
+        texts = tokens = 0
+        while self._queue:
+            p = self._queue[0]
+            if (
+                not p.future.done()
+                and batch
+                and (texts + p.texts > self.max_items or tokens + p.tokens > self.max_tokens)
+            ):
+                break
+            self._queue.popleft()
+            self._queued_texts -= p.texts
+            self._queued_tokens -= p.tokens
+            if p.future.done():  # cancelled: client gone or deadline passed
+                continue
+            batch.append(p)
+            texts += p.texts
+            tokens += p.tokens
+        self.metrics.queue_depth.set(self._queued_texts)
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        assert self._executor is not None
+        now = time.monotonic()
+        m = self.metrics
+        for p in batch:
+            p.wait_s = now - p.enqueued
+            m.queue_wait.observe(p.wait_s)
+        m.batch_size.observe(sum(p.texts for p in batch))
+        m.batch_requests.observe(len(batch))
+        self.batches += 1
+        items = [p.item for p in batch]
+        loop = asyncio.get_running_loop()
+        results: list[EmbedOutcome | APIError]
+        try:
+            results = await loop.run_in_executor(self._executor, self.runtime.embed_batch, items)
+        except asyncio.CancelledError:
+            err = APIError(503, "shutting_down", "the service is shutting down")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            raise
+        except APIError as e:
+            results = [e] * len(batch)
+        except Exception as e:
+            log.exception("batch of %d requests failed", len(batch))
+            failed = APIError(
+                503,
+                "batch_failed",
+                f"embedding failed: {type(e).__name__}",
+                headers={"Retry-After": "1"},
+            )
+            results = [failed] * len(batch)
+        for p, r in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(r, APIError):
+                p.future.set_exception(r)
+            else:
+                p.future.set_result(r)
+
+    def _fail_queued(self, err: APIError) -> None:
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(err)
+        self._queued_texts = self._queued_tokens = 0
+        self.metrics.queue_depth.set(0)
