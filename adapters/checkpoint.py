@@ -150,12 +150,19 @@ def save_checkpoint(path: Path, manifest: Manifest, tensors: dict[str, np.ndarra
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} exists; checkpoints are immutable")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    publish_checkpoint(path, tensor_bytes, manifest_bytes, staging_prefix=f".{path.name}.")
+    return adapter
+
+
+def publish_checkpoint(
+    final: Path, tensor_bytes: bytes, manifest_bytes: bytes, staging_prefix: str
+) -> None:
+    """Write both files into a hidden staging folder beside `final`, then rename it whole."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=staging_prefix))
     try:
         (staging / TENSORS_FILE).write_bytes(tensor_bytes)
         (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
-        atomic_publish_dir(staging, path)
+        atomic_publish_dir(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when published
-    return adapter

@@ -13,7 +13,6 @@ import fcntl
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,8 +27,9 @@ from adapters.checkpoint import (
     CheckpointError,
     load_checkpoint,
     parse_checkpoint,
+    publish_checkpoint,
 )
-from adapters.fsutil import atomic_publish_dir, atomic_write_bytes
+from adapters.fsutil import atomic_write_bytes
 
 # \Z, not $: "$" also matches before a trailing newline, which would let "acme\n" through.
 _SAFE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -69,13 +69,7 @@ class AdapterStore:
             return self.get(adapter.id)
         # store the validated manifest (tensors_sha256 filled in), so the folder verifies itself
         manifest_json = adapter.manifest.model_dump_json(indent=2).encode()
-        staging = Path(tempfile.mkdtemp(dir=self.root / "adapters", prefix=".upload-"))
-        try:
-            (staging / TENSORS_FILE).write_bytes(tensor_bytes)
-            (staging / MANIFEST_FILE).write_bytes(manifest_json)
-            atomic_publish_dir(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone already when published
+        publish_checkpoint(final, tensor_bytes, manifest_json, staging_prefix=".upload-")
         return adapter
 
     def put_dir(self, path: Path) -> Adapter:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from service.errors import APIError
 from service.metrics import Metrics
 from service.runtime import EmbedItem, EmbedOutcome, Runtime
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,7 @@ class Batcher:
         there, but its requests are answered 503 now."""
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            await cancel_and_wait(task)
         self._fail_queued(APIError(503, "shutting_down", "the service is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

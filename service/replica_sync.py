@@ -23,6 +23,7 @@ from anyio import to_thread
 
 from service.metrics import Metrics
 from service.runtime import Bound, Runtime
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,7 @@ class ReplicaSync:
             if not task.cancelled() and task.exception() is not None:
                 log.error("adapter sync had stopped: %r", task.exception())
             return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            # ours, unless the task awaiting stop() is itself being cancelled: pass that on
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await cancel_and_wait(task)
 
     @property
     def running(self) -> bool:
