@@ -80,6 +80,39 @@ class EncoderSpec(BaseModel):
 
 
 @dataclass(frozen=True)
+class Tokenized:
+    """Prompt-formatted texts and their untruncated token ids, made once per request.
+
+    The service tokenises at admission (limits, batch cutting and `usage` need the counts)
+    and hands the ids to `encode_tokenized`, so no text is tokenised twice. `ids` is None
+    for a backend that sends text upstream (openai_http): its counts are still exact.
+    """
+
+    texts: list[str]
+    counts: list[int]
+    ids: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, rows: list[int]) -> Tokenized:
+        return Tokenized(
+            [self.texts[i] for i in rows],
+            [self.counts[i] for i in rows],
+            None if self.ids is None else [self.ids[i] for i in rows],
+        )
+
+    @staticmethod
+    def concat(parts: list[Tokenized]) -> Tokenized:
+        with_ids = all(p.ids is not None for p in parts)
+        return Tokenized(
+            [t for p in parts for t in p.texts],
+            [c for p in parts for c in p.counts],
+            [i for p in parts for i in p.ids] if with_ids else None,  # type: ignore[union-attr]
+        )
+
+
+@dataclass(frozen=True)
 class EncodeResult:
     vectors: np.ndarray  # (n, dim) float32
     token_counts: list[int]  # tokens actually fed to the model per text (after any truncation)
@@ -112,6 +145,16 @@ class Encoder(Protocol):
         """Untruncated token count of each formatted text (so callers can refuse, not cut)."""
         ...
 
+    def tokenize(
+        self, texts: list[str], kind: InputKind, instruction: Instruction = None
+    ) -> Tokenized:
+        """Format and tokenise once, untruncated (callers refuse or cut by these counts)."""
+        ...
+
+    def encode_tokenized(self, tokens: Tokenized, truncate: bool = True) -> EncodeResult:
+        """Encode already-tokenised rows (over-long rows cut when `truncate`, else refused)."""
+        ...
+
     def encode(
         self,
         texts: list[str],
@@ -124,7 +167,8 @@ class Encoder(Protocol):
 
 
 class EncoderBase:
-    """What every backend shares: identity from its spec and prompt formatting."""
+    """What every backend shares: identity from its spec, prompt formatting, and
+    `encode`/`count_tokens` in terms of `tokenize` + `encode_tokenized`."""
 
     spec: EncoderSpec
     _dim: int | None
@@ -148,6 +192,34 @@ class EncoderBase:
         self, texts: list[str], kind: InputKind, instruction: Instruction = None
     ) -> list[str]:
         return format_texts(self.spec, texts, kind, instruction)
+
+    def tokenize(
+        self, texts: list[str], kind: InputKind, instruction: Instruction = None
+    ) -> Tokenized:
+        raise NotImplementedError
+
+    def encode_tokenized(self, tokens: Tokenized, truncate: bool = True) -> EncodeResult:
+        raise NotImplementedError
+
+    def count_tokens(
+        self, texts: list[str], kind: InputKind, instruction: Instruction = None
+    ) -> list[int]:
+        return self.tokenize(texts, kind, instruction).counts
+
+    def encode(
+        self,
+        texts: list[str],
+        kind: InputKind,
+        instruction: Instruction = None,
+        truncate: bool = True,
+    ) -> EncodeResult:
+        return self.encode_tokenized(self.tokenize(texts, kind, instruction), truncate)
+
+    def check_length(self, tokens: Tokenized) -> None:
+        """Refuse (never silently cut) rows over the limit."""
+        for i, n in enumerate(tokens.counts):
+            if n > self._max_tokens:
+                raise InputTooLongError(i, n, self._max_tokens)
 
 
 class EncoderError(RuntimeError):

@@ -44,6 +44,7 @@ from encoders.base import (
     InputKind,
     InputTooLongError,
     Instruction,
+    Tokenized,
 )
 
 log = logging.getLogger(__name__)
@@ -162,24 +163,19 @@ class OpenAIHTTPEncoder(EncoderBase):
         """
         return getattr(self._local, "usage", None)
 
-    def count_tokens(
+    def tokenize(
         self, texts: list[str], kind: InputKind, instruction: Instruction = None
-    ) -> list[int]:
-        return self._count(self.format(texts, kind, instruction))
-
-    def encode(
-        self,
-        texts: list[str],
-        kind: InputKind,
-        instruction: Instruction = None,
-        truncate: bool = True,
-    ) -> EncodeResult:
+    ) -> Tokenized:
         formatted = self.format(texts, kind, instruction)
+        return Tokenized(formatted, self._count(formatted))  # text goes upstream, not ids
+
+    def encode_tokenized(self, tokens: Tokenized, truncate: bool = True) -> EncodeResult:
+        formatted = list(tokens.texts)
         self._local.usage = None
         n = len(formatted)
         if n == 0:
             return EncodeResult(np.empty((0, self.dim), dtype=np.float32), [])
-        counts = self._count(formatted)
+        counts = list(tokens.counts)
         limit = self._max_tokens
         for i, c in enumerate(counts):
             if c > limit:

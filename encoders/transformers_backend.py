@@ -13,9 +13,9 @@ from encoders.base import (
     EncodeResult,
     EncoderSpec,
     InputKind,
-    InputTooLongError,
     Instruction,
     Pooling,
+    Tokenized,
 )
 
 
@@ -50,59 +50,81 @@ class TransformersEncoder(EncoderBase):
         # torch modules are safe to call from several threads, but one forward at a time keeps
         # the CPU's cores on one batch instead of thrashing between several.
         self._lock = threading.Lock()
+        # HF fast tokenizers fail ("Already borrowed") when called from two threads with
+        # different truncation settings: requests tokenise on the event loop, batches may cut.
+        self._tok_lock = threading.Lock()
+        self._pad_id = int(self.tokenizer.pad_token_id or 0)
 
-    def count_tokens(
+    def tokenize(
         self, texts: list[str], kind: InputKind, instruction: Instruction = None
-    ) -> list[int]:
-        if not texts:
-            return []  # the fast tokenizer raises IndexError on an empty batch
-        enc = self.tokenizer(
-            self.format(texts, kind, instruction), add_special_tokens=True, verbose=False
-        )
-        return [len(ids) for ids in enc["input_ids"]]
+    ) -> Tokenized:
+        formatted = self.format(texts, kind, instruction)
+        if not formatted:
+            return Tokenized([], [], [])  # the fast tokenizer raises IndexError on []
+        with self._tok_lock:
+            ids = self.tokenizer(formatted, add_special_tokens=True, verbose=False)["input_ids"]
+        return Tokenized(formatted, [len(x) for x in ids], [list(x) for x in ids])
 
     @torch.inference_mode()
-    def encode(
-        self,
-        texts: list[str],
-        kind: InputKind,
-        instruction: Instruction = None,
-        truncate: bool = True,
-    ) -> EncodeResult:
-        formatted = self.format(texts, kind, instruction)
-        n = len(formatted)
+    def encode_tokenized(self, tokens: Tokenized, truncate: bool = True) -> EncodeResult:
+        n = len(tokens)
         out = np.empty((n, self._dim), dtype=np.float32)
-        counts = [0] * n
         if n == 0:
-            return EncodeResult(out, counts)
-        ids = self.tokenizer(formatted, add_special_tokens=True, verbose=False)["input_ids"]
-        lengths = [len(x) for x in ids]
+            return EncodeResult(out, [])
         if not truncate:
-            for i, length in enumerate(lengths):
-                if length > self._max_tokens:
-                    raise InputTooLongError(i, length, self._max_tokens)
+            self.check_length(tokens)
+        ids = tokens.ids if tokens.ids is not None else self.tokenize_formatted(tokens.texts)
+        ids = self._cut(tokens.texts, ids)
+        counts = [len(x) for x in ids]
         # Length-sorted batches keep padding (wasted compute) low.
-        order = sorted(range(n), key=lambda i: lengths[i])
+        order = sorted(range(n), key=lambda i: counts[i])
         bs = self.spec.batch_size
         with self._lock:
             for start in range(0, n, bs):
                 idx = order[start : start + bs]
-                batch = self.tokenizer(
-                    [formatted[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self._max_tokens,
-                    return_tensors="pt",
-                ).to(self._device)
-                hidden = self.model(**batch).last_hidden_state
-                pooled = self._pool(hidden, batch["attention_mask"]).float()
+                input_ids, mask = self._pad([ids[i] for i in idx])
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                pooled = self._pool(hidden, mask).float()
                 if self.spec.normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
                 out[idx] = pooled.cpu().numpy()
-                mask_counts = batch["attention_mask"].sum(dim=1).tolist()
-                for j, i in enumerate(idx):
-                    counts[i] = int(mask_counts[j])
         return EncodeResult(out, counts)
+
+    def tokenize_formatted(self, formatted: list[str]) -> list[list[int]]:
+        with self._tok_lock:
+            ids = self.tokenizer(formatted, add_special_tokens=True, verbose=False)["input_ids"]
+        return [list(x) for x in ids]
+
+    def _cut(self, texts: list[str], ids: list[list[int]]) -> list[list[int]]:
+        """Rows over the limit re-tokenised with the tokenizer's own truncation (it keeps the
+        special tokens); the rare path, so the common one tokenises once."""
+        over = [i for i, x in enumerate(ids) if len(x) > self._max_tokens]
+        if not over:
+            return ids
+        with self._tok_lock:
+            cut = self.tokenizer(
+                [texts[i] for i in over],
+                add_special_tokens=True,
+                truncation=True,
+                max_length=self._max_tokens,
+                verbose=False,
+            )["input_ids"]
+        ids = list(ids)
+        for i, row in zip(over, cut, strict=True):
+            ids[i] = list(row)
+        return ids
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad on the tokenizer's side (left for Qwen3), as `tokenizer.pad` would."""
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for j, r in enumerate(rows):
+            lo = width - len(r) if left else 0
+            input_ids[j, lo : lo + len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[j, lo : lo + len(r)] = 1
+        return input_ids.to(self._device), mask.to(self._device)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)

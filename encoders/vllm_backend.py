@@ -49,6 +49,7 @@ from encoders.base import (
     InputTooLongError,
     Instruction,
     Pooling,
+    Tokenized,
 )
 
 log = logging.getLogger(__name__)
@@ -244,28 +245,29 @@ class VLLMEncoder(EncoderBase):
 
     # ------------------------------------------------------------ protocol
 
-    def count_tokens(
+    def tokenize(
         self, texts: list[str], kind: InputKind, instruction: Instruction = None
-    ) -> list[int]:
-        if not texts:
-            return []
-        with self._tok_lock:
-            enc = self.tokenizer(
-                self.format(texts, kind, instruction), add_special_tokens=True, verbose=False
-            )
-        return [len(ids) for ids in enc["input_ids"]]
-
-    def encode(
-        self,
-        texts: list[str],
-        kind: InputKind,
-        instruction: Instruction = None,
-        truncate: bool = True,
-    ) -> EncodeResult:
+    ) -> Tokenized:
         formatted = self.format(texts, kind, instruction)
         if not formatted:
+            return Tokenized([], [], [])
+        ids = self._tokenize(formatted, truncate=False, check=False)
+        return Tokenized(formatted, [len(x) for x in ids], ids)
+
+    def encode_tokenized(self, tokens: Tokenized, truncate: bool = True) -> EncodeResult:
+        if not len(tokens):
             return EncodeResult(np.empty((0, self._dim), dtype=np.float32), [])
-        token_ids = self._tokenize(formatted, truncate)
+        if not truncate:
+            self.check_length(tokens)
+        if tokens.ids is not None:
+            token_ids = list(tokens.ids)
+        else:
+            token_ids = self._tokenize(tokens.texts, check=False)
+        over = [i for i, x in enumerate(token_ids) if len(x) > self._max_tokens]
+        if over:  # the tokenizer's own truncation keeps the special tokens
+            cut = self._tokenize([tokens.texts[i] for i in over], truncate=True)
+            for i, row in zip(over, cut, strict=True):
+                token_ids[i] = row
         engine = self._engine_or_raise()
         request_ids = [f"ql-{uuid.uuid4().hex}" for _ in token_ids]
         outputs = self._submit(engine, token_ids, request_ids)
@@ -381,7 +383,9 @@ class VLLMEncoder(EncoderBase):
         self._ready_evt.set()
         log.info("vLLM engine ready: %s", self.spec.name)
 
-    def _tokenize(self, formatted: list[str], truncate: bool) -> list[list[int]]:
+    def _tokenize(
+        self, formatted: list[str], truncate: bool = False, check: bool = True
+    ) -> list[list[int]]:
         with self._tok_lock:
             if truncate:
                 enc = self.tokenizer(
@@ -394,7 +398,7 @@ class VLLMEncoder(EncoderBase):
             else:
                 enc = self.tokenizer(formatted, add_special_tokens=True, verbose=False)
         ids = [list(x) for x in enc["input_ids"]]
-        if not truncate:
+        if not truncate and check:
             for i, row in enumerate(ids):
                 if len(row) > self._max_tokens:
                     raise InputTooLongError(i, len(row), self._max_tokens)

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from adapters import AdapterKind
 from adapters.checkpoint import load_checkpoint, save_checkpoint
-from encoders import Encoder, EncodeResult, EncoderSpec, InputKind
+from encoders import Encoder, EncodeResult, EncoderSpec, InputKind, Tokenized
 from tests.tiny_models import WORDS
 from training.align import ridge_fit
 from training.cache import EmbeddingCache
@@ -338,6 +338,14 @@ class CountingEncoder:
         self.encoded += texts
         vecs = np.stack([self.vector(t, kind, instruction) for t in texts]).astype(np.float32)
         return EncodeResult(vecs.reshape(len(texts), self._dim), [1] * len(texts))
+
+    def tokenize(
+        self, texts: list[str], kind: InputKind, instruction: str | None = None
+    ) -> Tokenized:
+        return Tokenized(list(texts), self.count_tokens(texts, kind))
+
+    def encode_tokenized(self, tokens: Tokenized, truncate: bool = True) -> EncodeResult:
+        return self.encode(tokens.texts, "query", truncate=truncate)
 
     def fresh(self, texts: list[str], kind: InputKind, instruction: str | None = None):
         return np.stack([self.vector(t, kind, instruction) for t in texts])
