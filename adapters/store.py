@@ -4,7 +4,8 @@ Layout (a local folder, or a shared volume for several replicas):
     <root>/adapters/<id>/{adapter.safetensors, manifest.json}
     <root>/tenants/<tenant>.json   {"generation", "active", "history"}
     <root>/.bindings.lock          flock taken while a binding is read-modified-written
-Every file is published by write-fsync-rename, so a crash leaves the old state readable.
+Every file is published by write-fsync-rename, so a crash, or a disk that fills up mid-write
+(an OSError with ENOSPC), leaves the old state readable and no temp file behind.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from adapters.checkpoint import (
     parse_checkpoint,
     publish_checkpoint,
 )
-from adapters.fsutil import atomic_write_bytes
+from adapters.fsutil import commit, discard, stage_bytes
 
 # \Z, not $: "$" also matches before a trailing newline, which would let "acme\n" through.
 _SAFE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -62,15 +63,33 @@ class AdapterStore:
         return self.root / "adapters" / adapter_id
 
     def put(self, tensor_bytes: bytes, manifest_bytes: bytes) -> Adapter:
-        """Validate and store; the same checkpoint always gets the same id (idempotent)."""
+        """Validate and store; the same checkpoint always gets the same id (idempotent).
+
+        Uploading a checkpoint whose stored copy was damaged (it no longer verifies) replaces
+        that copy and bumps the generation, so every replica re-reads and serves it again.
+        """
         adapter = parse_checkpoint(tensor_bytes, manifest_bytes)
         final = self._dir(adapter.id)
         if final.exists():
-            return self.get(adapter.id)
+            try:
+                return self.get(adapter.id)
+            except (CheckpointError, KeyError, OSError):
+                self._repair(final, tensor_bytes, adapter)
+                return adapter
         # store the validated manifest (tensors_sha256 filled in), so the folder verifies itself
         manifest_json = adapter.manifest.model_dump_json(indent=2).encode()
         publish_checkpoint(final, tensor_bytes, manifest_json, staging_prefix=".upload-")
         return adapter
+
+    def _repair(self, final: Path, tensor_bytes: bytes, adapter: Adapter) -> None:
+        manifest_json = adapter.manifest.model_dump_json(indent=2).encode()
+        with self._bindings_lock():
+            damaged = final.with_name(f".damaged-{final.name}-{os.getpid()}")
+            if final.exists():
+                os.rename(final, damaged)  # readers see the damaged folder or none, never half
+            publish_checkpoint(final, tensor_bytes, manifest_json, staging_prefix=".upload-")
+            shutil.rmtree(damaged, ignore_errors=True)
+            self._commit_generation([])
 
     def put_dir(self, path: Path) -> Adapter:
         path = Path(path)
@@ -119,8 +138,9 @@ class AdapterStore:
                 active=event,
                 history=[*b.history, event],
             )
-            atomic_write_bytes(path, new.model_dump_json(indent=2).encode())
-            self._bump_generation()
+            # both files are written out in full before either is renamed: a disk that fills
+            # up fails the write and changes nothing (never a binding without its generation)
+            self._commit_generation([(path, new.model_dump_json(indent=2).encode())])
         return new
 
     def rollback(self, tenant: str, actor: str | None = None) -> TenantBinding:
@@ -163,8 +183,24 @@ class AdapterStore:
         except (FileNotFoundError, ValueError):
             return 0
 
-    def _bump_generation(self) -> None:
-        atomic_write_bytes(self.root / "generation", f"{self.generation() + 1}\n".encode())
+    def _commit_generation(self, files: list[tuple[Path, bytes]]) -> None:
+        """Stage `files` and the next generation, then rename them in that order.
+
+        Staging (where a full disk fails) touches no final name; the renames need no space.
+        The generation goes last, so a replica that sees it also sees the files.
+        """
+        gen_path = self.root / "generation"
+        writes = [*files, (gen_path, f"{self.generation() + 1}\n".encode())]
+        pending: list[Path] = []  # staged, not yet renamed
+        try:
+            for path, data in writes:
+                pending.append(stage_bytes(path, data))
+            for (path, _), tmp in zip(writes, list(pending), strict=True):
+                commit(tmp, path)
+                pending.remove(tmp)
+        except BaseException:
+            discard(*pending)
+            raise
 
     @contextmanager
     def _bindings_lock(self) -> Iterator[None]:

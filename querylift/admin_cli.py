@@ -17,7 +17,8 @@ import typer
 adapters_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="Manage adapters of a running service: list, upload, activate, rollback, show.",
+    help="Manage adapters of a running service: list, upload, activate, rollback, show, "
+    "validation sets.",
 )
 
 UrlOpt = Annotated[
@@ -73,7 +74,11 @@ def _call(
 
     if not token:
         raise _fail("no admin token: pass --token or set QUERYLIFT_ADMIN_TOKEN", 2)
-    headers = {"Authorization": f"Bearer {token}", "X-Querylift-Actor": _actor(actor)}
+    headers = {
+        **kwargs.pop("headers", {}),
+        "Authorization": f"Bearer {token}",
+        "X-Querylift-Actor": _actor(actor),
+    }
     try:
         r = httpx.request(
             method, url.rstrip("/") + path, headers=headers, timeout=timeout, **kwargs
@@ -154,17 +159,81 @@ def activate(
     none: Annotated[
         bool, typer.Option("--none", help="Serve no adapter (the document encoder's vectors).")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Activate even if the quality gate refuses (written to the audit log).",
+        ),
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    actor: ActorOpt = None,
+    timeout: TimeoutOpt = 600.0,
+) -> None:
+    """Validate (and quality-gate) an adapter for a tenant and make it active.
+
+    Refused with the reasons (422) when it does not fit, or when the tenant's validation set
+    shows it worse than the document model alone or the current adapter.
+    """
+    if none == (adapter_id is not None):
+        raise _fail("give an ADAPTER_ID or --none (not both)", 2)
+    body: dict[str, Any] = {"adapter_id": None if none else adapter_id}
+    if force:
+        body["force"] = True
+    path = f"/admin/tenants/{quote(tenant, safe='')}/adapter"
+    _print(_call("PUT", url, path, token, actor, timeout, json=body))
+
+
+@adapters_app.command("set-validation")
+def set_validation(
+    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+    pairs: Annotated[
+        Path,
+        typer.Argument(
+            help='Validation pairs: jsonl of {"query", "positive_ids", "id"?} (the training '
+            "pairs format; ids are the indexed documents' ids).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     actor: ActorOpt = None,
     timeout: TimeoutOpt = 120.0,
 ) -> None:
-    """Validate an adapter for a tenant and make it active (422 + reasons if it does not fit)."""
-    if none == (adapter_id is not None):
-        raise _fail("give an ADAPTER_ID or --none (not both)", 2)
-    body = {"adapter_id": None if none else adapter_id}
-    path = f"/admin/tenants/{quote(tenant, safe='')}/adapter"
-    _print(_call("PUT", url, path, token, actor, timeout, json=body))
+    """Store a tenant's validation set: activations are then quality-gated on it."""
+    path = f"/admin/tenants/{quote(tenant, safe='')}/validation"
+    headers = {"content-type": "application/x-ndjson"}
+    _print(
+        _call("PUT", url, path, token, actor, timeout, content=pairs.read_bytes(), headers=headers)
+    )
+
+
+@adapters_app.command("get-validation")
+def get_validation(
+    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """A tenant's validation set (summary and pairs)."""
+    path = f"/admin/tenants/{quote(tenant, safe='')}/validation"
+    _print(_call("GET", url, path, token, None, timeout))
+
+
+@adapters_app.command("clear-validation")
+def clear_validation(
+    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    actor: ActorOpt = None,
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Remove a tenant's validation set (activations are then not gated)."""
+    path = f"/admin/tenants/{quote(tenant, safe='')}/validation"
+    _call("DELETE", url, path, token, actor, timeout)
+    _print({"tenant": tenant, "validation": None})
 
 
 @adapters_app.command()

@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from querylift.admin_cli import adapters_app
+
+if TYPE_CHECKING:  # annotations only: the CLI imports its heavy modules lazily
+    from adapters import Adapter
+    from encoders import Encoder
+    from training.cache import EmbeddingCache
+    from training.data import Dataset
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -94,16 +100,26 @@ def serve(
     import uvicorn
 
     from service.app import create_app
+    from service.logs import configure_logging
     from service.settings import Settings
+    from service.shutdown import DrainingServer
 
     settings = Settings()
-    _logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
+    # one handler for every logger (QUERYLIFT_LOG_FORMAT); uvicorn keeps it (log_config=None)
+    # and leaves the access line to the service's own, which has the request id and tenant
+    configure_logging(settings.log_level, settings.log_format)
+    service = create_app(settings)
+    # SIGTERM: 503 for new requests, in-flight ones finish, exit within the grace period
+    config = uvicorn.Config(
+        service,
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
     )
+    DrainingServer(config, service.state.drain).run()
 
 
 @app.command()
@@ -224,7 +240,13 @@ def train(
     monitor: Annotated[
         str, typer.Option(help="early stopping on val `loss` or `ndcg@10`")
     ] = "loss",
-    reg: Annotated[float, typer.Option(help="L2 pull toward the starting weights")] = 0.0,
+    reg: Annotated[
+        float | None,
+        typer.Option(
+            help="L2 pull toward the starting weights (the hybrid's identity, the ridge fit "
+            "under `both`), not zero; default: the kind's (hybrid 0.025, others 0)"
+        ),
+    ] = None,
     hidden: int = 2048,
     rank: int = 32,
     val_fraction: float = 0.1,
@@ -261,7 +283,7 @@ def train(
                     "patience": patience,
                     "negatives": negatives,
                     "monitor": monitor,
-                    "reg": reg,
+                    **({"reg": reg} if reg is not None else {}),
                 },
             }
         )
@@ -306,6 +328,31 @@ def train(
     )
 
 
+def _per_query_ndcg(
+    ds: Dataset,
+    adapter: Adapter | None,
+    q: Encoder,
+    d: Encoder,
+    emb: EmbeddingCache,
+    qrels: dict[str, dict[str, int]],
+) -> dict[str, float]:
+    """{query id: nDCG@10} of `adapter` (None: the document model alone) by exact search."""
+    from adapters import AdapterKind
+    from adapters.gate import CUTOFF, METRIC
+    from training.evaluate import exact_search, per_query
+    from training.pipeline import Vectors, check_encoders
+
+    vec = Vectors(ds, q, d, emb, adapter.manifest.kind if adapter else AdapterKind.LINEAR)
+    ids = sorted(qrels)
+    if adapter is None:
+        z = vec.document_queries(ids)
+    else:
+        check_encoders(adapter, q, d)
+        z = adapter.apply(vec.inputs(ids))
+    run = exact_search(z, vec.docs, ids, vec.doc_ids, k=CUTOFF)
+    return per_query(run, qrels, METRIC)
+
+
 @app.command("eval")
 def eval_(
     dataset: DatasetArg,
@@ -314,13 +361,45 @@ def eval_(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write report.{json,md,png} here.")] = None,
     corpus: CorpusOpt = None,
-    split: Annotated[str, typer.Option(help="Split to score: test | val | train")] = "test",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Split to score: test | val | train, or a split of the data itself (a pairs "
+            "file's `all`). Default: test; with --gate and a pairs file, every pair."
+        ),
+    ] = None,
     query_encoder: QueryEncoderOpt = "query",
     val_fraction: float = 0.1,
     seed: int = 0,
     cache: CacheOpt = Path("var/cache"),
+    gate: Annotated[
+        bool,
+        typer.Option(
+            "--gate",
+            help="Quality gate: the one --checkpoint against the document model alone (and "
+            "--current) on the validation queries; exit status 1 when it refuses.",
+        ),
+    ] = False,
+    current: Annotated[
+        Path | None, typer.Option(help="--gate: the tenant's current adapter checkpoint.")
+    ] = None,
+    max_regression: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, help="--gate: largest tolerated nDCG@10 drop (QUERYLIFT_GATE_MAX_REGRESSION)."
+        ),
+    ] = None,
+    resamples: Annotated[
+        int | None,
+        typer.Option(min=100, help="--gate: bootstrap resamples (QUERYLIFT_GATE_RESAMPLES)."),
+    ] = None,
 ) -> None:
-    """Score checkpoints against the document model alone on one split (nDCG@10, R@100, MRR@10)."""
+    """Score checkpoints against the document model alone on one split (nDCG@10, R@100, MRR@10).
+
+    With --gate: the quality gate the service runs on activation, offline on cached vectors,
+    with the same statistics (adapters/gate.py). The checkpoint is not modified (its manifest
+    is part of its id); --out writes the gate's numbers to gate.json.
+    """
     from adapters import CheckpointError, load_checkpoint
     from training.cache import EmbeddingCache
     from training.data import DataError, make_splits
@@ -330,17 +409,31 @@ def eval_(
     _logging("warning")
     try:
         ds = _load_dataset(dataset, corpus)
-        splits = make_splits(ds, seed=seed, val_fraction=val_fraction)
-        if split not in splits:
-            raise DataError(f"{dataset}: no split {split!r} (have {sorted(splits)})")
+        if split is None:
+            single = next(iter(ds.qrels)) if len(ds.qrels) == 1 else None
+            split = single if gate and single not in (None, "train", "val", "test") else "test"
+        if split in ds.qrels and split not in ("train", "val", "test"):
+            qrels = ds.qrels[split]  # the data's own split (a pairs file: `all`), whole
+        else:
+            splits = make_splits(ds, seed=seed, val_fraction=val_fraction)
+            if split not in splits:
+                raise DataError(f"{dataset}: no split {split!r} (have {sorted(splits)})")
+            qrels = splits[split]
+        if gate and len(checkpoint or []) != 1:
+            raise ValueError("--gate takes exactly one --checkpoint (the candidate)")
+        if current is not None and not gate:
+            raise ValueError("--current only goes with --gate")
         adapters = [load_checkpoint(p) for p in checkpoint or []]
         q, d = _encoders(query_encoder)
         emb = EmbeddingCache(cache)
+        if gate:
+            _gate(ds, adapters[0], current, q, d, emb, qrels, out, max_regression, resamples)
+            return
         baseline = f"{d.name} alone"
-        rows = {baseline: evaluate_adapter(ds, None, q, d, emb, splits[split])}
+        rows = {baseline: evaluate_adapter(ds, None, q, d, emb, qrels)}
         for path, a in zip(checkpoint or [], adapters, strict=True):
             rows[f"{a.manifest.name or path.name} ({a.id[:8]})"] = evaluate_adapter(
-                ds, a, q, d, emb, splits[split]
+                ds, a, q, d, emb, qrels
             )
     except (DataError, ValueError, CheckpointError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -351,10 +444,57 @@ def eval_(
             out,
             f"querylift eval: {dataset} ({split})",
             rows,
-            meta={"split": split, "queries": len(splits[split])},
+            meta={"split": split, "queries": len(qrels)},
             baseline=baseline,
         )
         typer.echo(f"report {paths['markdown']}")
+
+
+def _gate(
+    ds: Dataset,
+    candidate: Adapter,
+    current_path: Path | None,
+    q: Encoder,
+    d: Encoder,
+    emb: EmbeddingCache,
+    qrels: dict[str, dict[str, int]],
+    out: Path | None,
+    max_regression: float | None,
+    resamples: int | None,
+) -> None:
+    """`eval --gate`: print the table, write gate.json, exit 1 when the gate refuses."""
+    from adapters import load_checkpoint
+    from adapters.fsutil import atomic_write_bytes
+    from adapters.gate import format_report, run_gate
+    from service.settings import Settings
+
+    settings = Settings()
+    current = load_checkpoint(current_path) if current_path is not None else None
+    scores = {"candidate": _per_query_ndcg(ds, candidate, q, d, emb, qrels)}
+    scores["baseline"] = _per_query_ndcg(ds, None, q, d, emb, qrels)
+    if current is not None:
+        scores["current"] = _per_query_ndcg(ds, current, q, d, emb, qrels)
+    report = run_gate(
+        scores["candidate"],
+        scores["baseline"],
+        scores.get("current"),
+        threshold=settings.gate_max_regression if max_regression is None else max_regression,
+        n_resamples=settings.gate_resamples if resamples is None else resamples,
+        candidate_id=candidate.id,
+        current_id=current.id if current is not None else None,
+    )
+    names = {
+        "candidate": f"{candidate.manifest.name or 'candidate'} ({candidate.id[:8]})",
+        "baseline": f"{d.name} alone",
+    }
+    if current is not None:
+        names["current"] = f"current adapter {current.manifest.name or ''} ({current.id[:8]})"
+    typer.echo(format_report(report, names))
+    if out is not None:
+        atomic_write_bytes(out / "gate.json", report.model_dump_json(indent=2).encode())
+        typer.echo(f"gate report {out / 'gate.json'}")
+    if report.decision == "refuse":
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,25 @@ finite values), then checked against what this deployment serves and what the te
 collection holds (`Runtime.validate_for_tenant`). A refused activation answers 422 with every
 reason and changes nothing. An accepted one is written to the store (which other replicas
 poll) and applied to this replica at once by `Runtime.sync` (a pointer swap).
+
+The quality gate (service/gate.py, adapters/gate.py): when the tenant has a validation set
+(`PUT /admin/tenants/{tenant}/validation`, or one inline in the activation body), activation
+also scores the candidate, the current adapter and the document model alone on it and refuses
+(422 `quality_gate_failed`, the numbers in `details.gate`) a candidate that is materially and
+significantly worse than either. `force=true` activates anyway and says so in the audit log.
+Rollback is not gated: it is the way back, and it restores a version that was accepted before.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
+import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,11 +41,23 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from adapters import Adapter, CheckpointError, Manifest
 from adapters.checkpoint import MANIFEST_FILE, TENSORS_FILE
+from adapters.gate import GateReport
 from adapters.store import BindingEvent, TenantBinding
 from service.audit import Action, AuditLog
 from service.errors import APIError
+from service.gate import (
+    MAX_VALIDATION_BYTES,
+    GateRecord,
+    GateUnavailable,
+    ValidationSet,
+    gate_files,
+    known_ids,
+    new_validation_set,
+    parse_validation,
+)
+from service.gate import evaluate as evaluate_gate
 from service.routes import get_runtime
-from service.runtime import Runtime
+from service.runtime import Runtime, compatibility_problems
 from service.settings import Settings
 from service.tenants import Tenant
 
@@ -276,11 +298,33 @@ async def _read_upload(request: Request) -> tuple[bytes, bytes]:
     return parts[TENSORS_FILE], parts[MANIFEST_FILE]
 
 
+@contextmanager
+def _store_write(admin: Admin, action: Action, **fields: Any) -> Iterator[None]:
+    """A store write the disk refused: 507 `storage_full` (ENOSPC, EDQUOT), else 503
+    `storage_unavailable`, instead of a 500. Store writes are atomic: the old state stays."""
+    try:
+        yield
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        what = "the disk is full" if full else (e.strerror or type(e).__name__)
+        reason = f"cannot write the adapter store: {what}; the previous state is kept"
+        admin.record(action, outcome="refused", reasons=[reason], **fields)
+        log.error("admin %s: %s refused: %s (%r)", admin.actor, action, reason, e)
+        raise APIError(
+            507 if full else 503,
+            "storage_full" if full else "storage_unavailable",
+            reason,
+            {"errno": errno.errorcode.get(e.errno or 0), "reasons": [reason]},
+            headers={"Retry-After": "30"},
+        ) from None
+
+
 def _upload(admin: Admin, tensor_bytes: bytes, manifest_bytes: bytes) -> dict[str, Any]:
     store = admin.runtime.store
     before = set(store.ids())
     try:
-        adapter = store.put(tensor_bytes, manifest_bytes)
+        with _store_write(admin, "upload"):
+            adapter = store.put(tensor_bytes, manifest_bytes)
     except CheckpointError as e:
         admin.runtime.metrics.adapter_validation_failures.labels("upload").inc()
         admin.record("upload", outcome="refused", reasons=e.reasons)
@@ -354,10 +398,12 @@ def _get(runtime: Runtime, adapter_id: str) -> dict[str, Any]:
         raise APIError(
             409, "adapter_damaged", f"adapter {adapter_id!r}: manifest unreadable ({e})"
         ) from None
+    gates = gate_files(runtime).gates_for_adapter(adapter_id)
     return {
         "id": adapter_id,
         "manifest": manifest.model_dump(mode="json"),
         "active_for": _users(runtime).get(adapter_id, []),
+        "gates": {t: r.model_dump(mode="json") for t, r in gates.items()},
     }
 
 
@@ -395,6 +441,7 @@ def _delete(admin: Admin, adapter_id: str) -> None:
         except ValueError:  # bound by another replica's admin call meanwhile
             raise in_use(runtime.store.bound().get(adapter_id, [])) from None
         runtime.adapters.discard(adapter_id)
+        gate_files(runtime).drop_adapter(adapter_id)
         admin.record("delete", adapter_id=adapter_id, before={"adapter_id": adapter_id})
     log.info("admin %s deleted adapter %s", admin.actor, adapter_id)
 
@@ -413,6 +460,22 @@ class ActivateRequest(BaseModel):
     adapter_id: str | None = Field(
         description="Adapter to activate; null = serve the document encoder's own vectors."
     )
+    force: bool = Field(
+        default=False,
+        description="Activate even if the quality gate refuses (recorded in the audit log); "
+        "compatibility problems still refuse.",
+    )
+    validation: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="An inline validation set for this activation's gate (pairs records); "
+        "default: the tenant's stored one.",
+    )
+
+
+@dataclass(frozen=True)
+class _GateAsk:
+    force: bool
+    validation: ValidationSet | None  # inline; None = the tenant's stored set
 
 
 def _refuse(
@@ -425,6 +488,8 @@ def _refuse(
     code: str,
     reasons: list[str],
     validation_failure: bool = True,
+    extra: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> APIError:
     if validation_failure:
         admin.runtime.metrics.adapter_validation_failures.labels("activation").inc()
@@ -436,6 +501,7 @@ def _refuse(
         after=previous,
         outcome="refused",
         reasons=reasons,
+        extra=extra,
     )
     log.warning(
         "admin %s: %s of %s for tenant %s refused: %s",
@@ -451,7 +517,7 @@ def _refuse(
         status,
         code,
         f"{what}{of} for tenant {tenant.name!r} refused: {'; '.join(reasons)}",
-        {"tenant": tenant.name, "adapter_id": adapter_id, "reasons": reasons},
+        {"tenant": tenant.name, "adapter_id": adapter_id, "reasons": reasons, **(details or {})},
     )
 
 
@@ -491,36 +557,175 @@ def _validated(
     return adapter
 
 
+def _current(runtime: Runtime, tenant: Tenant, previous: dict[str, Any] | None) -> Adapter | None:
+    """The adapter the tenant has now, for the gate (None: none, or it no longer loads/fits)."""
+    adapter_id = previous["adapter_id"] if previous is not None else None
+    if adapter_id is None:
+        return None
+    try:
+        adapter = runtime.adapters.get(adapter_id)
+    except (KeyError, CheckpointError) as e:
+        log.warning("gate for %s: current adapter %s not loadable (%s)", tenant.name, adapter_id, e)
+        return None
+    if compatibility_problems(adapter, runtime.query_encoder, runtime.document_encoder):
+        log.warning("gate for %s: current adapter %s no longer fits", tenant.name, adapter_id)
+        return None
+    return adapter
+
+
+def _gate(
+    admin: Admin,
+    tenant: Tenant,
+    adapter: Adapter,
+    previous: dict[str, Any] | None,
+    ask: _GateAsk,
+) -> tuple[GateReport | None, dict[str, Any] | None, bool]:
+    """Run the quality gate when there is a validation set: (report, audit fields, forced).
+
+    Raises the 422 (or 409 when it cannot run) unless `ask.force`. Every run is recorded per
+    (tenant, adapter), refused ones here and activated ones by `_swap` once the binding is
+    written, so the numbers stay with the adapter.
+    """
+    runtime = admin.runtime
+    files = gate_files(runtime)
+    validation = ask.validation or files.validation(tenant.name)
+    if validation is None:
+        return None, ({"force": True, "gate": None} if ask.force else None), False
+    try:
+        report = evaluate_gate(
+            runtime, tenant, validation, adapter, _current(runtime, tenant, previous)
+        )
+    except GateUnavailable as e:
+        reason = f"the quality gate cannot run: {e}"
+        if not ask.force:
+            raise _refuse(
+                admin,
+                "activate",
+                tenant,
+                adapter.id,
+                previous,
+                409,
+                "gate_unavailable",
+                [reason],
+                validation_failure=False,
+                extra={"force": False, "gate": None},
+            ) from None
+        return None, {"force": True, "gate": None, "gate_error": reason}, True
+    refused = report.decision == "refuse"
+    numbers = report.model_dump(mode="json")
+    if refused:
+        runtime.metrics.gate_refusals.labels(
+            tenant.name, "forced" if ask.force else "blocked"
+        ).inc()
+        if not ask.force:
+            _save_record(runtime, _record(admin, tenant, report, forced=False, activated=False))
+            raise _refuse(
+                admin,
+                "activate",
+                tenant,
+                adapter.id,
+                previous,
+                422,
+                "quality_gate_failed",
+                report.reasons,
+                validation_failure=False,
+                extra={"force": False, "gate": numbers},
+                details={"gate": numbers},
+            )
+        log.warning(
+            "admin %s: FORCED activation of %s for %s past the quality gate: %s",
+            admin.actor,
+            adapter.id,
+            tenant.name,
+            "; ".join(report.reasons),
+        )
+    return report, {"force": ask.force, "gate": numbers}, refused
+
+
+def _record(
+    admin: Admin, tenant: Tenant, report: GateReport, forced: bool, activated: bool
+) -> GateRecord:
+    assert report.candidate_id is not None
+    return GateRecord(
+        tenant=tenant.name,
+        adapter_id=report.candidate_id,
+        actor=admin.actor,
+        forced=forced,
+        activated=activated,
+        report=report,
+    )
+
+
+def _save_record(runtime: Runtime, record: GateRecord) -> None:
+    """Keep a gate run; a failed write is logged (the audit line has the numbers too)."""
+    try:
+        gate_files(runtime).save_gate(record)
+    except OSError:
+        log.exception("cannot write the gate record of %s / %s", record.tenant, record.adapter_id)
+
+
 def _swap(
     admin: Admin,
     action: Action,
     tenant: Tenant,
     adapter_id: str | None,
     previous: dict[str, Any] | None,
+    ask: _GateAsk | None = None,
 ) -> dict[str, Any]:
-    """Validate, write the binding, then swap this replica (caller holds admin.lock)."""
+    """Validate, gate, write the binding, then swap this replica (caller holds admin.lock)."""
     runtime = admin.runtime
     adapter = None
+    report: GateReport | None = None
+    extra: dict[str, Any] | None = None
+    forced = False
     if adapter_id is not None:
         adapter = _validated(admin, action, tenant, adapter_id, previous)
+        if ask is not None:
+            report, extra, forced = _gate(admin, tenant, adapter, previous, ask)
         runtime.adapters.put(adapter)  # resident before the swap: sync finds it loaded
-    binding = runtime.store.activate(tenant.name, adapter_id, actor=admin.actor)
+    with _store_write(
+        admin, action, tenant=tenant.name, adapter_id=adapter_id, before=previous, after=previous
+    ):
+        binding = runtime.store.activate(tenant.name, adapter_id, actor=admin.actor)
     assert binding.active is not None
+    if report is not None:
+        _save_record(runtime, _record(admin, tenant, report, forced, activated=True))
     active = _ref(binding.active.adapter_id, binding.active.version)
     runtime.sync()
     served = _served(runtime, tenant.name)
     if served != active:  # the store has it; this replica could not load it (see the log)
         log.error("tenant %s: activated %s but this replica serves %s", tenant.name, active, served)
-    admin.record(action, tenant=tenant.name, adapter_id=adapter_id, before=previous, after=active)
+    admin.record(
+        action,
+        tenant=tenant.name,
+        adapter_id=adapter_id,
+        before=previous,
+        after=active,
+        extra=extra,
+    )
     log.info("admin %s: %s tenant %s %s -> %s", admin.actor, action, tenant.name, previous, active)
-    return {"tenant": tenant.name, "active": active, "previous": previous, "served": served}
+    out = {"tenant": tenant.name, "active": active, "previous": previous, "served": served}
+    if extra is not None:  # a gate applied (validation set) or force was asked for
+        out["gate"] = report.model_dump(mode="json") if report is not None else None
+        out["forced"] = forced  # past a refusing (or unavailable) gate with force=true
+    return out
 
 
-def _activate(admin: Admin, tenant_name: str, adapter_id: str | None) -> dict[str, Any]:
+def _activate(admin: Admin, tenant_name: str, body: ActivateRequest) -> dict[str, Any]:
     tenant = _tenant(admin, tenant_name, "activate")
+    inline = None
+    if body.validation is not None:
+        settings = admin.runtime.settings
+        pairs = parse_validation(
+            json.dumps(body.validation).encode(),
+            settings.gate_max_queries,
+            settings.max_input_chars,
+        )
+        inline = new_validation_set(tenant.name, pairs, admin.actor)
+    ask = _GateAsk(force=body.force, validation=inline)
     with admin.lock:
         previous = _previous(admin.runtime.store.binding(tenant.name), tenant)
-        return _swap(admin, "activate", tenant, adapter_id, previous)
+        return _swap(admin, "activate", tenant, body.adapter_id, previous, ask)
 
 
 def _rollback(admin: Admin, tenant_name: str) -> dict[str, Any]:
@@ -549,8 +754,8 @@ def _rollback(admin: Admin, tenant_name: str) -> dict[str, Any]:
 
 @router.put("/tenants/{tenant}/adapter")
 async def activate_adapter(tenant: str, body: ActivateRequest, admin: AdminDep) -> dict[str, Any]:
-    """Validate an adapter for the tenant and make it active (null: no adapter)."""
-    return await to_thread.run_sync(lambda: _activate(admin, tenant, body.adapter_id))
+    """Validate (and quality-gate) an adapter for the tenant and make it active (null: none)."""
+    return await to_thread.run_sync(lambda: _activate(admin, tenant, body))
 
 
 @router.post("/tenants/{tenant}/rollback")
@@ -561,6 +766,11 @@ async def rollback_adapter(tenant: str, admin: AdminDep) -> dict[str, Any]:
 
 def _tenant_info(runtime: Runtime, tenant: Tenant) -> dict[str, Any]:
     binding = runtime.store.binding(tenant.name)
+    files = gate_files(runtime)
+    validation = files.validation(tenant.name)
+    gates = files.gates_for_tenant(tenant.name)
+    current = _previous(binding, tenant)
+    active_gate = gates.get(current["adapter_id"]) if current and current["adapter_id"] else None
     return {
         "tenant": tenant.name,
         "collection": runtime.collection_for(tenant),
@@ -568,6 +778,9 @@ def _tenant_info(runtime: Runtime, tenant: Tenant) -> dict[str, Any]:
         "active": _event(binding.active) if binding.active is not None else None,
         "served": _served(runtime, tenant.name),
         "history": [_event(e) for e in binding.history],
+        "validation": validation.summary() if validation is not None else None,
+        "gate": active_gate.model_dump(mode="json") if active_gate is not None else None,
+        "gates": {a: r.model_dump(mode="json") for a, r in gates.items()},
     }
 
 
@@ -578,3 +791,124 @@ async def get_tenant(tenant: str, admin: AdminDep) -> dict[str, Any]:
     if found is None:
         raise APIError(404, "tenant_not_found", f"unknown tenant {tenant!r}", {"tenant": tenant})
     return await to_thread.run_sync(lambda: _tenant_info(admin.runtime, found))
+
+
+# -- validation sets (the quality gate's data) -------------------------------------------------
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large("the validation set", limit)
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise _too_large("the validation set", limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _set_validation(admin: Admin, tenant_name: str, body: bytes) -> dict[str, Any]:
+    tenant = _tenant(admin, tenant_name, "set_validation")
+    runtime = admin.runtime
+    files = gate_files(runtime)
+    before = files.validation(tenant.name)
+
+    def refused(e: APIError) -> APIError:
+        admin.record(
+            "set_validation",
+            tenant=tenant.name,
+            before=before.summary() if before else None,
+            after=before.summary() if before else None,
+            outcome="refused",
+            reasons=[e.message],
+        )
+        return e
+
+    try:
+        pairs = parse_validation(
+            body, runtime.settings.gate_max_queries, runtime.settings.max_input_chars
+        )
+    except APIError as e:
+        raise refused(e) from None
+    total = len({d for p in pairs for d in p.positive_ids})
+    found = known_ids(runtime, tenant, pairs)
+    if found == 0:
+        raise refused(
+            APIError(
+                422,
+                "validation_ids_unknown",
+                f"none of the {total} positive document ids is in tenant {tenant.name!r}'s "
+                f"collection {runtime.collection_for(tenant)!r} (ids are the `doc_id` payload "
+                "written by `querylift index`)",
+                {"total_ids": total, "found_ids": 0},
+            )
+        )
+    vs = new_validation_set(tenant.name, pairs, admin.actor)
+    files.save_validation(vs)
+    admin.record(
+        "set_validation",
+        tenant=tenant.name,
+        before=before.summary() if before else None,
+        after=vs.summary(),
+    )
+    log.info("admin %s set the validation set of %s: %s", admin.actor, tenant.name, vs.summary())
+    return {
+        "tenant": tenant.name,
+        "validation": vs.summary(),
+        "found_ids": found,
+        "total_ids": total,
+    }
+
+
+@router.put("/tenants/{tenant}/validation")
+async def set_validation(tenant: str, request: Request, admin: AdminDep) -> dict[str, Any]:
+    """Store the tenant's validation set (pairs jsonl, or a JSON list): the gate's data."""
+    body = await _read_body(request, MAX_VALIDATION_BYTES)
+    return await to_thread.run_sync(lambda: _set_validation(admin, tenant, body))
+
+
+def _no_validation(tenant: str) -> APIError:
+    return APIError(
+        404,
+        "validation_set_not_found",
+        f"tenant {tenant!r} has no validation set",
+        {"tenant": tenant},
+    )
+
+
+def _get_validation(runtime: Runtime, tenant: Tenant) -> dict[str, Any]:
+    vs = gate_files(runtime).validation(tenant.name)
+    if vs is None:
+        raise _no_validation(tenant.name)
+    return {
+        "tenant": tenant.name,
+        "validation": vs.summary(),
+        "pairs": [p.model_dump(mode="json") for p in vs.pairs],
+    }
+
+
+@router.get("/tenants/{tenant}/validation")
+async def get_validation(tenant: str, admin: AdminDep) -> dict[str, Any]:
+    """The tenant's validation set and its summary."""
+    found = admin.runtime.tenants.tenants.get(tenant)
+    if found is None:
+        raise APIError(404, "tenant_not_found", f"unknown tenant {tenant!r}", {"tenant": tenant})
+    return await to_thread.run_sync(lambda: _get_validation(admin.runtime, found))
+
+
+def _delete_validation(admin: Admin, tenant_name: str) -> None:
+    tenant = _tenant(admin, tenant_name, "delete_validation")
+    files = gate_files(admin.runtime)
+    before = files.validation(tenant.name)
+    if before is None or not files.delete_validation(tenant.name):
+        reason = f"tenant {tenant.name!r} has no validation set"
+        admin.record("delete_validation", tenant=tenant.name, outcome="refused", reasons=[reason])
+        raise _no_validation(tenant.name)
+    admin.record("delete_validation", tenant=tenant.name, before=before.summary())
+
+
+@router.delete("/tenants/{tenant}/validation", status_code=204)
+async def delete_validation(tenant: str, admin: AdminDep) -> Response:
+    """Remove the tenant's validation set (activations are then not gated)."""
+    await to_thread.run_sync(lambda: _delete_validation(admin, tenant))
+    return Response(status_code=204)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from adapters.store import AdapterStore
 from encoders import Encoder, build_encoder
@@ -15,10 +16,14 @@ from service.admin import router as admin_router
 from service.batcher import Batcher
 from service.errors import install_error_handlers
 from service.metrics import Metrics
+from service.middleware import install_middleware
 from service.qdrant_gateway import QdrantGateway
 from service.routes import router
 from service.runtime import Runtime
 from service.settings import Settings
+from service.shadow import router as shadow_router
+from service.shutdown import Drain, DrainGate, stop_at_cutoff
+from service.tasks import cancel_and_wait
 from service.tenants import TenantRegistry
 
 log = logging.getLogger(__name__)
@@ -86,12 +91,21 @@ def create_app(
             max_wait_ms=settings.batch_max_wait_ms,
             max_queue=settings.max_queue,
             metrics=metrics,
+            max_queue_wait_ms=settings.max_queue_wait_ms,
         )
         app.state.batcher = batcher
         batcher.start()
+        # SIGTERM (`querylift serve`): waiting requests get 503 just before the grace runs out
+        drain: Drain = app.state.drain
+        drain.bind(asyncio.get_running_loop())
+        cutoff = asyncio.create_task(
+            stop_at_cutoff(drain, settings.shutdown_grace_s, batcher.stop),
+            name="querylift-shutdown-cutoff",
+        )
         try:
             yield
         finally:
+            await cancel_and_wait(cutoff)
             await batcher.stop()
             app.state.batcher = None
             await replica_sync.stop()
@@ -119,25 +133,14 @@ def create_app(
     app.state.metrics = metrics
     app.state.runtime = None
     app.state.batcher = None
+    app.state.drain = Drain()  # begun by `querylift serve` on SIGTERM (service/shutdown.py)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(admin_router)
+    app.include_router(shadow_router)
 
-    @app.middleware("http")
-    async def _observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            labels = (endpoint, request.method, str(status))
-            metrics.requests.labels(*labels).inc()
-            metrics.request_latency.labels(*labels).observe(time.perf_counter() - start)
+    # innermost: its 503s still pass through the request logs and metrics
+    app.add_middleware(DrainGate, drain=app.state.drain)
+    install_middleware(app, settings, metrics)
 
     return app

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 log = logging.getLogger("querylift.audit")
 
-Action = Literal["upload", "delete", "activate", "rollback"]
+Action = Literal["upload", "delete", "activate", "rollback", "set_validation", "delete_validation"]
 Outcome = Literal["ok", "refused"]
 
 
@@ -38,8 +38,13 @@ class AuditLog:
         after: Any = None,
         outcome: Outcome = "ok",
         reasons: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Append one line (flushed and fsynced) and return it as a dict."""
+        """Append one line (flushed and fsynced) and return it as a dict.
+
+        `extra` adds action-specific keys (the quality gate's `force` and `gate` numbers) to
+        this line only, so every other line keeps exactly the documented keys.
+        """
         entry = {
             "at": datetime.now(UTC).isoformat(),
             "actor": actor,
@@ -51,6 +56,8 @@ class AuditLog:
             "outcome": outcome,
             "reasons": list(reasons or []),
         }
+        for key, value in (extra or {}).items():
+            entry.setdefault(key, value)
         line = json.dumps(entry, sort_keys=True, ensure_ascii=True, default=str)
         log.info("%s", line)  # first: the action is on record even if the file write fails
         data = (line + "\n").encode()

@@ -1,15 +1,16 @@
 """Dynamic batching between the routes and the encoders.
 
-Requests `await Batcher.submit(item, timeout_s)`; one background asyncio task gathers the
-queued items into a batch and runs `Runtime.embed_batch` (one encoder pass per encoder and
-input kind, for items of any tenants) on ONE dedicated worker thread, so the event loop,
-health checks and /metrics never wait behind a batch.
+Requests are admitted (`Runtime.prepare`: tokenised once, limits checked, cache looked up),
+then `await Batcher.submit(prepared, timeout_s)`; one background asyncio task gathers the
+queued requests into a batch and runs `Runtime.run_prepared` (one encoder pass per encoder
+and input kind, for requests of any tenants) on ONE dedicated worker thread, so the event
+loop, health checks and /metrics never wait behind a batch.
 
-A batch is cut when it holds `max_items` texts, or about `max_tokens` tokens, or
-`max_wait_ms` after its first item arrived, whichever comes first. Tokens are approximated
-as `len(text) // 4 + 2` per text (about four characters a token plus the special tokens) so
-nothing is tokenised twice; the encoders still truncate or refuse by their real counts.
-A single item larger than a limit is batched alone, never split.
+The worker is the clock: whenever it is free, everything queued (up to `max_items` texts or
+`max_tokens` tokens, by the encoders' own counts from admission) becomes the next batch, so
+a lone request never waits and requests arriving during a batch share the next one.
+`max_wait_ms` > 0 adds a wait for a fuller batch. A single request larger than a limit is
+batched alone, never split.
 
 Items whose future is already done (the client went away, or its deadline passed) are
 dropped before a batch starts. Backpressure: when `max_queue` texts are already waiting,
@@ -26,22 +27,18 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from service.embedding import EmbedOutcome, Prepared
 from service.errors import APIError
 from service.metrics import Metrics
-from service.runtime import EmbedItem, EmbedOutcome, Runtime
+from service.runtime import Runtime
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 
-def approx_tokens(text: str) -> int:
-    """A cheap token estimate for batch cutting (no tokenizer call)."""
-    return len(text) // 4 + 2
-
-
 @dataclass
 class _Pending:
-    item: EmbedItem
+    item: Prepared
     future: asyncio.Future[EmbedOutcome]
     enqueued: float
     texts: int
@@ -61,6 +58,7 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         metrics: Metrics,
+        max_queue_wait_ms: float = 0.0,
     ) -> None:
         if max_items <= 0 or max_tokens <= 0 or max_queue <= 0 or max_wait_ms < 0:
             raise ValueError("batch limits must be positive (max_wait_ms >= 0)")
@@ -69,6 +67,13 @@ class Batcher:
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_ms / 1e3
         self.max_queue = max_queue
+        self.max_queue_wait_s = max_queue_wait_ms / 1e3
+        # seconds per token of recent batches (EWMA) and the batch now running: an estimate of
+        # how long a new request would wait, so overload is refused at once (429) instead of
+        # queueing work that would blow every accepted request's latency
+        self._s_per_token: float | None = None
+        self._inflight_tokens = 0
+        self._inflight_since = 0.0
         self.metrics = metrics
         self._queue: deque[_Pending] = deque()
         self._queued_texts = 0
@@ -93,7 +98,14 @@ class Batcher:
         task, self._task = self._task, None
         if task is not None and not task.done():
             await cancel_and_wait(task)
-        self._fail_queued(APIError(503, "shutting_down", "the service is shutting down"))
+        self._fail_queued(
+            APIError(
+                503,
+                "shutting_down",
+                "the service is shutting down",
+                headers={"Retry-After": "1"},
+            )
+        )
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -107,27 +119,68 @@ class Batcher:
         return self._queued_texts
 
     # -- requests ----------------------------------------------------------------------------
-    async def submit(self, item: EmbedItem, timeout_s: float) -> EmbedOutcome:
-        """The item's outcome; raises its APIError, 429 when overloaded, 504 past timeout_s."""
+    def estimated_wait_s(self, extra_tokens: int = 0) -> float:
+        """Seconds until a request of `extra_tokens` tokens would be done (0 before the first
+        batch has been timed)."""
+        if self._s_per_token is None:
+            return 0.0
+        running = 0.0
+        if self._inflight_tokens:
+            left = self._inflight_tokens * self._s_per_token
+            running = max(left - (time.monotonic() - self._inflight_since), 0.0)
+        return running + (self._queued_tokens + extra_tokens) * self._s_per_token
+
+    def check_admission(self, tokens: int = 0) -> None:
+        """429 when the queue is full or the estimated wait is past `max_queue_wait_ms`; cheap,
+        so routes call it before tokenising. A request never waits behind nothing: with an
+        empty queue and no batch running it is always admitted."""
+        busy = self._queued_texts > 0 or self._inflight_tokens > 0
+        if not busy:
+            return
+        if self._queued_texts >= self.max_queue:
+            self._refuse(f"{self._queued_texts} texts are already waiting", 1.0)
+        if self.max_queue_wait_s > 0:
+            wait = self.estimated_wait_s(tokens)
+            if wait > self.max_queue_wait_s:
+                self._refuse(
+                    f"the queue would take about {wait * 1e3:.0f} ms (limit "
+                    f"{self.max_queue_wait_s * 1e3:.0f} ms)",
+                    wait,
+                )
+
+    def _refuse(self, why: str, retry_after_s: float) -> None:
+        self.metrics.rejected.labels("overloaded").inc()
+        raise APIError(
+            429,
+            "overloaded",
+            f"{why}; try again shortly",
+            {
+                "queued": self._queued_texts,
+                "max_queue": self.max_queue,
+                "estimated_wait_ms": round(self.estimated_wait_s() * 1e3, 1),
+            },
+            headers={"Retry-After": str(max(1, int(retry_after_s + 0.999)))},
+        )
+
+    async def submit(self, item: Prepared, timeout_s: float) -> EmbedOutcome:
+        """The item's outcome; raises its APIError, 429 when overloaded, 504 past timeout_s.
+
+        Cancelling the call (the client went away) drops the item if its batch has not
+        started yet.
+        """
         if not self.running or self._wake is None:
             raise APIError(503, "not_ready", "the service is not accepting work right now")
-        n = len(item.texts)
+        n = max(item.misses, 1)
         if self._queued_texts and self._queued_texts + n > self.max_queue:
-            self.metrics.rejected.labels("overloaded").inc()
-            raise APIError(
-                429,
-                "overloaded",
-                f"{self._queued_texts} texts are already waiting; try again shortly",
-                {"queued": self._queued_texts, "max_queue": self.max_queue},
-                headers={"Retry-After": "1"},
-            )
+            self._refuse(f"{self._queued_texts} texts are already waiting", 1.0)
+        self.check_admission(item.miss_tokens)
         loop = asyncio.get_running_loop()
         pending = _Pending(
             item,
             loop.create_future(),
             time.monotonic(),
             n,
-            sum(approx_tokens(t) for t in item.texts),
+            item.miss_tokens,
         )
         self._queue.append(pending)
         self._queued_texts += pending.texts
@@ -208,15 +261,26 @@ class Batcher:
             p.wait_s = now - p.enqueued
             m.queue_wait.observe(p.wait_s)
         m.batch_size.observe(sum(p.texts for p in batch))
+        m.batch_tokens.observe(sum(p.tokens for p in batch))
         m.batch_requests.observe(len(batch))
         self.batches += 1
         items = [p.item for p in batch]
         loop = asyncio.get_running_loop()
         results: list[EmbedOutcome | APIError]
+        tokens = sum(p.tokens for p in batch)
+        self._inflight_tokens, self._inflight_since = max(tokens, 1), time.monotonic()
         try:
-            results = await loop.run_in_executor(self._executor, self.runtime.embed_batch, items)
+            results = await loop.run_in_executor(self._executor, self.runtime.run_prepared, items)
+            per_token = (time.monotonic() - self._inflight_since) / max(tokens, 1)
+            old = self._s_per_token
+            self._s_per_token = per_token if old is None else 0.7 * old + 0.3 * per_token
         except asyncio.CancelledError:
-            err = APIError(503, "shutting_down", "the service is shutting down")
+            err = APIError(
+                503,
+                "shutting_down",
+                "the service is shutting down",
+                headers={"Retry-After": "1"},
+            )
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(err)
@@ -232,6 +296,7 @@ class Batcher:
                 headers={"Retry-After": "1"},
             )
             results = [failed] * len(batch)
+        self._inflight_tokens = 0
         for p, r in zip(batch, results, strict=True):
             if p.future.done():
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -27,6 +28,9 @@ _STATUS_CODES = {
 }
 
 
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
 class APIError(Exception):
     def __init__(
         self,
@@ -44,18 +48,69 @@ class APIError(Exception):
         self.headers = headers
 
 
+class HTTPAPIError(StarletteHTTPException):
+    """An APIError for code that runs where FastAPI only lets HTTPExceptions through as they
+    are (e.g. an ASGI `receive` that refuses a body mid-read), answered in the one shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, message, headers)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class _ErrorJSON(JSONResponse):
+    """ASCII-escaped JSON: an error that quotes a client's key (a lone surrogate, say) can
+    always be encoded, so a bad request never turns into a 500 while answering it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return _ErrorJSON(body, status_code=status, headers=headers)
+
+
+_MAX_LOC_CHARS = 64
+_MAX_ERRORS = 20
+
+
+def _loc_part(p: Any) -> Any:
+    # a location part can be a client's own dict key: keep it short
+    return p if isinstance(p, int) or len(str(p)) <= _MAX_LOC_CHARS else str(p)[:_MAX_LOC_CHARS]
 
 
 def _clean_validation_errors(errors: list[Any]) -> list[dict[str, Any]]:
     # Never echo the offending input back: it can be huge or sensitive.
     return [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors
+        {
+            "loc": [_loc_part(p) for p in e.get("loc", ())],
+            "msg": e.get("msg"),
+            "type": e.get("type"),
+        }
+        for e in errors[:_MAX_ERRORS]
     ]
+
+
+def _json_error(exc: BaseException | None) -> str | None:
+    """Why the body is not JSON, when FastAPI's generic 400 came from decoding it."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "the body is not valid UTF-8"
+    if isinstance(exc, RecursionError):
+        return "the body is nested too deeply"
+    if isinstance(exc, ValueError):  # e.g. an integer with more digits than Python parses
+        return f"the body is not valid JSON: {str(exc)[:200]}"
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -65,7 +120,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = _clean_validation_errors(list(exc.errors()))
+        errors = list(exc.errors())
+        if errors and errors[0].get("type") == "json_invalid":
+            e = errors[0]
+            pos = e.get("loc", ("body", "?"))[-1]
+            why = (e.get("ctx") or {}).get("error", "decode error")
+            return error_response(
+                400,
+                "invalid_json",
+                f"the body is not valid JSON: {why} at position {pos}",
+                {"position": pos},
+            )
+        details = _clean_validation_errors(errors)
         first = details[0] if details else {}
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
         msg = f"{where}: {first.get('msg')}" if where else str(first.get("msg", "invalid request"))
@@ -73,10 +139,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and (why := _json_error(exc.__cause__)):
+            return error_response(400, "invalid_json", why)
+        if isinstance(exc, HTTPAPIError):
+            return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
+        # runs outside the request middleware (Starlette's outermost layer): name the request
+        # from its scope, in the log line and in the response
+        rid = getattr(request.state, "request_id", None)
+        log.exception(
+            "unhandled error on %s %s",
+            request.method,
+            request.url.path,
+            extra={"request_id": rid, "tenant": getattr(request.state, "tenant", None)},
+        )
+        headers = {REQUEST_ID_HEADER: rid} if rid else None
+        return error_response(500, "internal_error", "internal server error", headers=headers)

@@ -33,6 +33,12 @@ class Metrics:
             ["tenant", "endpoint"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "querylift_rate_limited",
+            "Requests refused by the per-tenant rate limit (429 rate_limited).",
+            ["tenant"],
+            registry=r,
+        )
         self.encoder_batch_size = Histogram(
             "querylift_encoder_batch_size",
             "Texts per encoder call.",
@@ -97,6 +103,13 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.gate_refusals = Counter(
+            "querylift_gate_refusals",
+            "Activations the quality gate refused, by tenant (outcome: blocked, or forced "
+            "through with force=true).",
+            ["tenant", "outcome"],
+            registry=r,
+        )
         self.adapter_cache_bytes = Gauge(
             "querylift_adapter_cache_bytes", "Bytes of adapter tensors resident.", registry=r
         )
@@ -140,5 +153,56 @@ class Metrics:
             "querylift_rejected",
             "Requests refused by the batcher (overloaded: queue full; timeout: deadline).",
             ["reason"],
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "querylift_batch_tokens",
+            "Tokens (encoder counts, after any cut) per batch run by the batcher.",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.query_cache_hits = Counter(
+            "querylift_query_cache_hits",
+            "Query texts answered from the raw query-vector cache.",
+            ["encoder"],
+            registry=r,
+        )
+        self.query_cache_misses = Counter(
+            "querylift_query_cache_misses",
+            "Query texts not in the raw query-vector cache (encoded).",
+            ["encoder"],
+            registry=r,
+        )
+        self.query_cache_entries = Gauge(
+            "querylift_query_cache_entries", "Raw query vectors held in the cache.", registry=r
+        )
+        self.query_cache_evictions = Counter(
+            "querylift_query_cache_evictions",
+            "Raw query vectors evicted from the cache (LRU).",
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "querylift_fallback",
+            "Requests answered by the document encoder because the query encoder failed.",
+            ["tenant", "reason"],
+            registry=r,
+        )
+        self.shadow_compared = Counter(
+            "querylift_shadow_compared",
+            "Shadow comparisons done (a candidate adapter's top-10 vs the served one), by tenant.",
+            ["tenant"],
+            registry=r,
+        )
+        self.shadow_overlap = Histogram(
+            "querylift_shadow_overlap",
+            "overlap@10 between the served and the candidate adapter's results, by tenant.",
+            ["tenant"],
+            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "querylift_shadow_skipped",
+            "Sampled queries not compared (reason: dropped under load, or error), by tenant.",
+            ["tenant", "reason"],
             registry=r,
         )

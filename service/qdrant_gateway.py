@@ -1,17 +1,25 @@
 """The only place that talks to Qdrant: serialised calls, tenant-scoped search, clear errors.
 
-qdrant-client's local mode is not thread-safe, so every call holds one lock there.
+qdrant-client's local mode is not thread-safe, so every call holds one lock there. Against a
+server every call is bounded by `timeout_s` (each connect / read / write of qdrant-client's
+HTTP transport), and a failure to answer is raised as one of the `QdrantUnavailable` types
+(unreachable, timeout, error), so /search can answer 503 and /readyz can say why. Nothing
+about a failure is remembered: the next call tries again (only successful collection lookups
+are cached), so the service recovers by itself when Qdrant does.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+import httpx
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from service.metrics import Metrics
 
@@ -20,6 +28,47 @@ T = TypeVar("T")
 
 class CollectionNotFound(LookupError):
     pass
+
+
+class QdrantUnavailable(RuntimeError):
+    """Qdrant did not answer usefully; `reason` is the one line /readyz shows."""
+
+    kind: ClassVar[str] = "error"
+
+    def __init__(self, op: str, detail: str) -> None:
+        super().__init__(f"{self.kind} on {op}: {detail}")
+        self.op = op
+        self.detail = detail
+
+    @property
+    def reason(self) -> str:
+        return f"{self.kind}: {self.detail} ({self.op})"
+
+
+class QdrantUnreachable(QdrantUnavailable):
+    """No connection (refused, reset, DNS): Qdrant is down or not where the URL says."""
+
+    kind = "unreachable"
+
+
+class QdrantTimeout(QdrantUnavailable):
+    """Connected (or trying to) but no answer within the configured timeout."""
+
+    kind = "timeout"
+
+
+def _unavailable(op: str, e: Exception, timeout_s: float) -> QdrantUnavailable | None:
+    """Map qdrant-client's transport and 5xx errors to QdrantUnavailable; None for the rest."""
+    source = e.source if isinstance(e, ResponseHandlingException) else e
+    if isinstance(source, httpx.TimeoutException):
+        return QdrantTimeout(op, f"no answer within {timeout_s:g} s ({type(source).__name__})")
+    if isinstance(source, httpx.TransportError):
+        return QdrantUnreachable(op, f"{type(source).__name__}: {source}")
+    if isinstance(e, ResponseHandlingException):  # an answer that does not parse
+        return QdrantUnavailable(op, f"bad response ({type(source).__name__})")
+    if isinstance(e, UnexpectedResponse) and (e.status_code or 0) >= 500:
+        return QdrantUnavailable(op, f"HTTP {e.status_code}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,8 +96,12 @@ class QdrantGateway:
         timeout_s: float = 10.0,
         metrics: Metrics | None = None,
     ) -> None:
+        self.timeout_s = timeout_s
         if url:
-            self.client = QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)))
+            # qdrant-client rounds its timeout up to whole seconds; the HTTP client underneath
+            # then gets the exact value (every call: searches, collection lookups, pings)
+            self.client = QdrantClient(url=url, api_key=api_key, timeout=math.ceil(timeout_s))
+            self._set_http_timeout(timeout_s)
             self.local = False
         else:
             self.client = QdrantClient(path=path or ":memory:")
@@ -56,6 +109,13 @@ class QdrantGateway:
         self._lock = threading.Lock()
         self.metrics = metrics
         self._info: dict[str, CollectionInfo] = {}
+
+    def _set_http_timeout(self, timeout_s: float) -> None:
+        remote = getattr(self.client, "_client", None)
+        api = getattr(getattr(remote, "openapi_client", None), "client", None)
+        http = getattr(api, "_client", None)
+        if isinstance(http, httpx.Client):
+            http.timeout = httpx.Timeout(timeout_s)
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
@@ -68,6 +128,12 @@ class QdrantGateway:
                 result = fn()
             outcome = "ok"
             return result
+        except Exception as e:
+            mapped = None if self.local else _unavailable(op, e, self.timeout_s)
+            if mapped is None:
+                raise
+            outcome = mapped.kind
+            raise mapped from e
         finally:
             if self.metrics:
                 self.metrics.qdrant_latency.labels(op, outcome).observe(time.perf_counter() - start)
@@ -77,6 +143,7 @@ class QdrantGateway:
             self.client.close()
 
     def ping(self) -> None:
+        """One cheap call (list collections); raises QdrantUnavailable when Qdrant is not up."""
         self._call("get_collections", self.client.get_collections)
 
     def collection_info(self, name: str, refresh: bool = False) -> CollectionInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Annotated
@@ -14,8 +15,10 @@ from pydantic import ValidationError
 from qdrant_client import models
 
 from service.batcher import Batcher
+from service.embedding import EmbedItem, EmbedOutcome
 from service.errors import APIError
-from service.runtime import EmbedItem, EmbedOutcome, Runtime
+from service.ratelimit import admit
+from service.runtime import Runtime
 from service.schemas import (
     AdapterRef,
     EmbeddingItem,
@@ -27,6 +30,7 @@ from service.schemas import (
     SearchRequest,
     SearchResponse,
     SearchResult,
+    TruncatedInput,
     Usage,
 )
 from service.tenants import Tenant
@@ -53,6 +57,7 @@ def get_tenant(request: Request, runtime: Annotated[Runtime, Depends(get_runtime
             headers={"WWW-Authenticate": "Bearer"},
         )
     request.state.tenant = tenant.name
+    admit(request, tenant)  # log context + per-tenant rate limit (429 rate_limited)
     return tenant
 
 
@@ -87,8 +92,30 @@ def _check_limits(runtime: Runtime, texts: list[str]) -> None:
             )
 
 
-def _server_timing(response: Response, timings: dict[str, float]) -> None:
-    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
+def _server_timing(response: Response, out: EmbedOutcome, timings: dict[str, float]) -> None:
+    """TEI-style timing headers: Server-Timing (queue, tokenize, encode, adapt, search) and
+    whether the query vectors came from the cache or the fallback."""
+    parts = [f"{k};dur={v:.2f}" for k, v in timings.items()]
+    if out.cache != "off":
+        parts.append(f'cache;desc="{out.cache}"')
+        response.headers["X-Query-Cache"] = out.cache
+    response.headers["Server-Timing"] = ", ".join(parts)
+    if out.degraded:
+        response.headers["X-Querylift-Degraded"] = (
+            f"document-encoder-fallback; reason={out.degraded}"
+        )
+
+
+def _usage(out: EmbedOutcome) -> Usage:
+    tokens = sum(out.token_counts)
+    return Usage(
+        prompt_tokens=tokens,
+        total_tokens=tokens,
+        truncated=[
+            TruncatedInput(index=c.index, tokens=c.tokens, kept=c.kept) for c in out.truncated
+        ]
+        or None,
+    )
 
 
 def _adapter_ref(outcome: EmbedOutcome) -> AdapterRef | None:
@@ -96,7 +123,23 @@ def _adapter_ref(outcome: EmbedOutcome) -> AdapterRef | None:
     return AdapterRef(id=a.adapter.id, version=a.version) if a else None
 
 
+# Admission (tokenising) runs on the event loop when the texts are this short: cheaper than
+# a thread hop; longer requests tokenise in a worker thread so the loop never stalls.
+_INLINE_CHARS = 4096
+_BODY_TIMINGS = ("encode", "adapt", "search")
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Returns when the client goes away (the body has been read, so `receive` only has
+    the disconnect left to say)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 async def _embed(
+    request: Request,
     runtime: Runtime,
     batcher: Batcher,
     tenant: Tenant,
@@ -109,13 +152,34 @@ async def _embed(
     _check_limits(runtime, texts)
     runtime.metrics.tenant_requests.labels(tenant.name, endpoint).inc()
     item = EmbedItem(tenant.name, texts, kind, instruction, truncate)  # type: ignore[arg-type]
+    if sum(len(t) for t in texts) <= _INLINE_CHARS:
+        prep = runtime.prepare(item)  # cheap; cache hits are answered even when overloaded
+    else:
+        batcher.check_admission()  # overloaded: a fast 429 before tokenising much text
+        prep = await to_thread.run_sync(runtime.prepare, item)
+    if prep.misses == 0:  # every row from the cache: adapt and answer, no batch
+        ((_, out),) = runtime.finish([prep])
+        return out
     # merged with concurrent requests into one encoder batch; the outcome's timings carry
-    # the queue wait (`queue` in Server-Timing)
-    return await batcher.submit(item, runtime.settings.request_timeout_s)
+    # the queue wait (`queue` in Server-Timing). A client that disconnects while queued has
+    # its rows dropped before its batch starts.
+    work = asyncio.ensure_future(batcher.submit(prep, runtime.settings.request_timeout_s))
+    gone = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+    if not work.done() or work.cancelled():
+        runtime.metrics.rejected.labels("disconnected").inc()
+        raise APIError(499, "client_closed_request", "the client closed the connection")
+    return work.result()
 
 
 @router.post("/embed", response_model=EmbedResponse)
 async def embed(
+    request: Request,
     body: EmbedRequest,
     response: Response,
     runtime: RuntimeDep,
@@ -123,6 +187,7 @@ async def embed(
     tenant: TenantDep,
 ) -> EmbedResponse:
     out = await _embed(
+        request,
         runtime,
         batcher,
         tenant,
@@ -132,18 +197,18 @@ async def embed(
         body.truncate,
         "/embed",
     )
-    _server_timing(response, out.timings_ms)
-    tokens = sum(out.token_counts)
+    _server_timing(response, out, out.timings_ms)
     return EmbedResponse(
         data=[EmbeddingItem(index=i, embedding=v) for i, v in enumerate(out.vectors.tolist())],
         model=out.model,
         adapter=_adapter_ref(out),
-        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        usage=_usage(out),
     )
 
 
 @router.post("/v1/embeddings", response_model=OpenAIEmbeddingsResponse)
 async def openai_embeddings(
+    request: Request,
     body: OpenAIEmbeddingsRequest,
     response: Response,
     runtime: RuntimeDep,
@@ -164,7 +229,15 @@ async def openai_embeddings(
     except ValidationError as e:
         raise APIError(422, "invalid_request", e.errors()[0]["msg"]) from None
     out = await _embed(
-        runtime, batcher, tenant, texts, body.input_type, body.instruction, False, "/v1/embeddings"
+        request,
+        runtime,
+        batcher,
+        tenant,
+        texts,
+        body.input_type,
+        body.instruction,
+        False,
+        "/v1/embeddings",
     )
     dim = out.vectors.shape[1]
     if body.dimensions is not None and body.dimensions != dim:
@@ -174,8 +247,7 @@ async def openai_embeddings(
             f"this index's vectors have {dim} dimensions; `dimensions` must be {dim} or omitted",
             {"dimensions": dim},
         )
-    _server_timing(response, out.timings_ms)
-    tokens = sum(out.token_counts)
+    _server_timing(response, out, out.timings_ms)
     if body.encoding_format == "base64":
         vecs = np.ascontiguousarray(out.vectors, dtype="<f4")
         data = [
@@ -187,12 +259,13 @@ async def openai_embeddings(
     return OpenAIEmbeddingsResponse(
         data=data,
         model=body.model or out.model,
-        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        usage=_usage(out),
     )
 
 
 @router.post("/search", response_model=SearchResponse)
 async def search(
+    request: Request,
     body: SearchRequest,
     response: Response,
     runtime: RuntimeDep,
@@ -211,7 +284,15 @@ async def search(
                 [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()[:10]],
             ) from None
     out = await _embed(
-        runtime, batcher, tenant, [body.query], "query", body.instruction, False, "/search"
+        request,
+        runtime,
+        batcher,
+        tenant,
+        [body.query],
+        "query",
+        body.instruction,
+        False,
+        "/search",
     )
     t0 = time.perf_counter()
     try:
@@ -230,13 +311,15 @@ async def search(
             headers={"Retry-After": "1"},
         ) from e
     timings = {**out.timings_ms, "search": (time.perf_counter() - t0) * 1e3}
-    _server_timing(response, timings)
+    if (shadow := getattr(request.app.state, "shadow", None)) is not None:
+        shadow.observe(runtime, tenant, body, client_filter, out, hits)  # service/shadow.py
+    _server_timing(response, out, timings)
     return SearchResponse(
         results=[SearchResult(id=h.id, score=h.score, payload=h.payload) for h in hits],
         adapter=_adapter_ref(out),
         model=out.model,
-        # the body keeps its documented keys; the queue wait is in Server-Timing only
-        timings_ms={k: round(v, 3) for k, v in timings.items() if k != "queue"},
+        # the body keeps its documented keys; queue and tokenize are in Server-Timing only
+        timings_ms={k: round(v, 3) for k, v in timings.items() if k in _BODY_TIMINGS},
     )
 
 
@@ -247,10 +330,21 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
+    """200 when encoders are loaded, Qdrant answers and the process is not shutting down.
+
+    The Qdrant ping is bounded (the Qdrant timeout plus a second) even if the client hangs:
+    a probe must answer within its own deadline.
+    """
+    import anyio
     from fastapi.responses import JSONResponse
+
+    from service.qdrant_gateway import QdrantUnavailable
 
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     checks: dict[str, str] = {}
+    drain = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.active:
+        checks["shutdown"] = "in progress: not taking new requests"
     if runtime is None:
         checks["encoders"] = "loading"
     else:
@@ -260,11 +354,17 @@ async def readyz(request: Request) -> Response:
             if not getattr(e, "ready", True)
         ]
         checks["encoders"] = "ok" if not not_ready else "not ready: " + ", ".join(not_ready)
+        bound_s = runtime.settings.qdrant_timeout_s + 1.0
         try:
-            await to_thread.run_sync(runtime.gateway.ping)
+            with anyio.fail_after(bound_s):
+                await to_thread.run_sync(runtime.gateway.ping, abandon_on_cancel=True)
             checks["qdrant"] = "ok"
+        except QdrantUnavailable as e:
+            checks["qdrant"] = e.reason
+        except TimeoutError:
+            checks["qdrant"] = f"timeout: no answer within {bound_s:g} s"
         except Exception as e:
-            checks["qdrant"] = f"unreachable: {type(e).__name__}"
+            checks["qdrant"] = f"error: {type(e).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks},

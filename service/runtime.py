@@ -10,40 +10,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from adapters import Adapter, CheckpointError
-from adapters.store import AdapterStore
-from encoders import Encoder, InputKind
+from adapters.store import AdapterStore, BindingEvent
+from encoders import Encoder, InputKind, Tokenized
 from encoders.base import EncoderError
 from service.adapter_cache import AdapterCache
+from service.embedding import (
+    ActiveAdapter,
+    Cut,
+    EmbedItem,
+    EmbedOutcome,
+    Part,
+    Prepared,
+    Which,
+)
 from service.errors import APIError
 from service.metrics import Metrics
 from service.qdrant_gateway import CollectionNotFound, Hit, QdrantGateway
+from service.query_cache import QueryVectorCache
 from service.settings import Settings
 from service.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ActiveAdapter:
-    adapter: Adapter
-    version: int
-
-    def ref(self) -> dict[str, object]:
-        return {"id": self.adapter.id, "version": self.version}
-
-
-@dataclass
-class EmbedOutcome:
-    vectors: np.ndarray
-    token_counts: list[int]
-    model: str
-    adapter: ActiveAdapter | None
-    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def compatibility_problems(
@@ -90,17 +82,6 @@ class Bound:
     version: int
 
 
-@dataclass
-class EmbedItem:
-    """One request's texts; items of several tenants can share one encoder pass."""
-
-    tenant: str
-    texts: list[str]
-    kind: InputKind
-    instruction: str | None = None
-    truncate: bool = False
-
-
 class Runtime:
     def __init__(
         self,
@@ -125,6 +106,8 @@ class Runtime:
         self.adapters = AdapterCache(
             store, settings.adapter_cache_bytes, metrics, pinned=self._pinned_ids
         )
+        self.query_cache = QueryVectorCache(settings.query_cache_size, metrics)
+        self._fingerprints: dict[int, str] = {}
         self.sync(force=True)
 
     # -- adapters ---------------------------------------------------------------------------
@@ -135,8 +118,10 @@ class Runtime:
     def sync(self, force: bool = False) -> bool:
         """Re-read tenant bindings if the store changed (another replica, or an admin call).
 
-        A tenant whose new adapter cannot be loaded or does not fit keeps its previous one.
-        Returns whether anything was re-read.
+        A tenant whose new adapter cannot be loaded (damaged on disk: hash, parse, values) or
+        does not fit keeps what it was served before; with nothing before (a fresh process),
+        it gets the most recent earlier binding in its history that loads, else the document
+        encoder. Returns whether anything was re-read.
         """
         with self._sync_lock:  # the poller and admin calls may race: one reader at a time
             return self._sync(force)
@@ -156,17 +141,11 @@ class Runtime:
             if bound != old and bound.adapter_id is not None:
                 problem = self._load_problem(tenant, bound.adapter_id)
                 if problem:
-                    log.error(
-                        "tenant %s: adapter %s is not served (%s); keeping %s",
-                        name,
-                        bound.adapter_id,
-                        problem,
-                        f"adapter {old.adapter_id}"
-                        if old and old.adapter_id
-                        else "the document encoder",
-                    )
-                    self.metrics.adapter_load_failures.labels(name).inc()
-                    bound = old or Bound(None, 0)
+                    keep = old
+                    if keep is None:
+                        keep = self._fallback(name, binding.history, {bound.adapter_id})
+                    self._not_served(name, bound, problem, keep)
+                    bound = keep
             new[name] = bound
         first_read = self._generation < 0
         changed = [t for t in new if new[t] != self._bindings.get(t)]
@@ -181,10 +160,60 @@ class Runtime:
     def _load_problem(self, tenant: Tenant, adapter_id: str) -> str | None:
         try:
             adapter = self.adapters.get(adapter_id)
-        except (KeyError, CheckpointError) as e:
+        except KeyError:
+            return "cannot be loaded: not in the store"
+        except (CheckpointError, OSError) as e:  # damaged or unreadable on disk
             return f"cannot be loaded: {e}"
         problems = compatibility_problems(adapter, self.query_encoder, self.document_encoder)
         return "; ".join(problems) or None
+
+    def _fallback(self, tenant: str, history: list[BindingEvent], bad: set[str | None]) -> Bound:
+        """The most recent binding in `history` that loads and fits, else the document encoder.
+
+        An event with no adapter is a binding too (the document encoder's own vectors).
+        """
+        for event in reversed(history):
+            if event.adapter_id in bad:
+                continue
+            if event.adapter_id is None:
+                return Bound(None, event.version)
+            if self._load_problem(self.tenants.tenants[tenant], event.adapter_id) is None:
+                return Bound(event.adapter_id, event.version)
+            bad.add(event.adapter_id)
+        return Bound(None, 0)
+
+    def _not_served(self, tenant: str, failed: Bound, problem: str, instead: Bound) -> None:
+        served = (
+            f"adapter {instead.adapter_id} v{instead.version}"
+            if instead.adapter_id
+            else "the document encoder"
+        )
+        log.error(
+            "tenant %s: adapter %s v%d is not served (%s); serving %s instead",
+            tenant,
+            failed.adapter_id,
+            failed.version,
+            problem,
+            served,
+        )
+        self.metrics.adapter_load_failures.labels(tenant).inc()
+
+    def _demote(self, tenant: str, failed: Bound, problem: str) -> Bound:
+        """Replace a served binding whose adapter no longer loads (evicted, then found damaged
+        on disk) by its fallback, once: later requests read the fallback directly."""
+        with self._sync_lock:
+            current = self._bindings.get(tenant)
+            if current != failed or current is None:  # a sync already moved it on
+                return current or Bound(None, 0)
+            try:
+                history = self.store.binding(tenant).history
+            except (OSError, ValueError):  # the binding file itself is unreadable
+                history = []
+            instead = self._fallback(tenant, history, {failed.adapter_id})
+            self._not_served(tenant, failed, problem, instead)
+            self._bindings = {**self._bindings, tenant: instead}
+            self._report_active()
+            return instead
 
     def _report_active(self) -> None:
         self.metrics.adapter_active.clear()
@@ -196,21 +225,28 @@ class Runtime:
         return self._bindings.get(tenant)
 
     def active_adapter(self, tenant: str) -> ActiveAdapter | None:
-        """The tenant's adapter as of now: one dict read, then the resident tensors."""
+        """The tenant's adapter as of now: one dict read, then the resident tensors.
+
+        An adapter that fails to reload (evicted, then damaged or removed on disk) is never
+        served: the tenant falls back as in `sync` (its previous binding, else the document
+        encoder) and the request is answered with that.
+        """
         bound = self._bindings.get(tenant)
-        if bound is None or bound.adapter_id is None:
-            return None
-        try:
-            return ActiveAdapter(self.adapters.get(bound.adapter_id), bound.version)
-        except (KeyError, CheckpointError) as e:  # evicted, then damaged or removed on disk
-            log.error("tenant %s: adapter %s failed to reload: %s", tenant, bound.adapter_id, e)
-            self.metrics.adapter_load_failures.labels(tenant).inc()
-            raise APIError(
-                503,
-                "adapter_unavailable",
-                "the tenant's adapter cannot be loaded right now",
-                headers={"Retry-After": "1"},
-            ) from None
+        for _ in range(3):  # a fallback can itself be evicted and damaged meanwhile
+            if bound is None or bound.adapter_id is None:
+                return None
+            try:
+                return ActiveAdapter(self.adapters.get(bound.adapter_id), bound.version)
+            except KeyError:
+                bound = self._demote(tenant, bound, "cannot be loaded: not in the store")
+            except (CheckpointError, OSError) as e:
+                bound = self._demote(tenant, bound, f"cannot be loaded: {e}")
+        raise APIError(
+            503,
+            "adapter_unavailable",
+            "the tenant's adapter cannot be loaded right now",
+            headers={"Retry-After": "1"},
+        )
 
     def validate_for_tenant(self, tenant: Tenant, adapter: Adapter) -> list[str]:
         """Every reason `adapter` cannot serve `tenant` here (empty = it can)."""
@@ -249,127 +285,227 @@ class Runtime:
         return problems
 
     # -- encoding ---------------------------------------------------------------------------
-    def _check_tokens(self, encoder: Encoder, item: EmbedItem) -> None:
-        counts = encoder.count_tokens(item.texts, item.kind, item.instruction)
-        for i, n in enumerate(counts):
-            if n > encoder.max_tokens:
+    def fingerprint(self, encoder: Encoder) -> str:
+        fp = self._fingerprints.get(id(encoder))
+        if fp is None:
+            fp = self._fingerprints[id(encoder)] = encoder.spec.fingerprint()
+        return fp
+
+    def _part(self, which: Which, item: EmbedItem, truncated: dict[int, Cut]) -> Part:
+        """Tokenise one request's rows for one encoder once; cached query rows skip it."""
+        encoder = self.query_encoder if which == "query" else self.document_encoder
+        n = len(item.texts)
+        vectors = np.empty((n, encoder.dim), dtype=np.float32)
+        hits: list[tuple[np.ndarray, int] | None] = [None] * n
+        if item.kind == "query" and self.query_cache.enabled:
+            formatted = encoder.format(item.texts, item.kind, item.instruction)
+            hits = self.query_cache.get_many(self.fingerprint(encoder), encoder.name, formatted)
+        miss = [i for i, h in enumerate(hits) if h is None]
+        counts = [0] * n
+        texts = [""] * n
+        for i, h in enumerate(hits):
+            if h is not None:
+                vectors[i], counts[i] = h
+        if miss:
+            tok = encoder.tokenize([item.texts[i] for i in miss], item.kind, item.instruction)
+            for j, i in enumerate(miss):
+                texts[i], counts[i] = tok.texts[j], tok.counts[j]
+            ids = tok.ids
+        else:
+            ids = None
+        for i, c in enumerate(counts):
+            if c <= encoder.max_tokens:
+                continue
+            if not item.truncate:
                 raise APIError(
                     413,
                     "input_too_long",
-                    f"input {i} has {n} tokens; the limit is {encoder.max_tokens} "
+                    f"input {i} has {c} tokens; the limit is {encoder.max_tokens} "
                     "(set truncate=true to cut it)",
                     {
                         "index": i,
-                        "tokens": n,
+                        "tokens": c,
                         "max_tokens": encoder.max_tokens,
                         "encoder": encoder.name,
                     },
                 )
+            cut = truncated.get(i)
+            truncated[i] = Cut(i, max(c, cut.tokens if cut else 0), encoder.max_tokens)
+        tokens = Tokenized(
+            [texts[i] for i in miss],
+            [counts[i] for i in miss],
+            None if ids is None else list(ids),
+        )
+        return Part(which, encoder, tokens, vectors, miss, counts)
 
-    def _encode(
-        self,
-        encoder: Encoder,
-        texts: list[str],
-        kind: InputKind,
-        instructions: list[str | None],
-    ) -> tuple[np.ndarray, list[int]]:
-        start = time.perf_counter()
-        try:
-            res = encoder.encode(texts, kind, instruction=instructions, truncate=True)
-        except EncoderError as e:
-            self.metrics.encoder_failures.labels(encoder.name).inc()
-            log.error("encoder %s failed a batch of %d: %s", encoder.name, len(texts), e)
-            raise APIError(
-                503,
-                "encoder_unavailable",
-                f"the {encoder.name} encoder cannot answer right now",
-                {"encoder": encoder.name},
-                headers={"Retry-After": "1"},
-            ) from e
-        m = self.metrics
-        m.encoder_latency.labels(encoder.name, kind).observe(time.perf_counter() - start)
-        m.encoder_batch_size.labels(encoder.name, kind).observe(len(texts))
-        tokens = sum(res.token_counts)
-        m.encoder_batch_tokens.labels(encoder.name, kind).observe(tokens)
-        m.encoder_tokens.labels(encoder.name, kind).inc(tokens)
-        return res.vectors, res.token_counts
+    def prepare(self, item: EmbedItem) -> Prepared:
+        """Admission: resolve the adapter, tokenise once, check limits, look up the cache.
 
-    def embed_batch(self, items: list[EmbedItem]) -> list[EmbedOutcome | APIError]:
-        """Embed several requests (any tenants) with one pass per encoder and input kind.
-
-        Each item reads its tenant's adapter once, before encoding, so all its rows use one
-        adapter version. Rows are then adapted per adapter: one matmul per adapter group.
+        Runs on the request path (before queueing) so limits answer at once and the batcher
+        cuts batches by real token counts. Each request reads its tenant's adapter once here,
+        so all its rows use one adapter version.
         """
         t0 = time.perf_counter()
-        results: list[EmbedOutcome | APIError | None] = [None] * len(items)
-        plans: list[tuple[int, ActiveAdapter | None]] = []
-        for n, item in enumerate(items):
-            try:
-                active = self.active_adapter(item.tenant) if item.kind == "query" else None
-                if not item.truncate:
-                    if active is not None:
-                        self._check_tokens(self.query_encoder, item)
-                    if active is None or "document" in active.adapter.manifest.inputs:
-                        self._check_tokens(self.document_encoder, item)
-                plans.append((n, active))
-            except APIError as e:
-                results[n] = e
-        # one encoder pass per (encoder, kind) over the rows of every item that needs it
-        groups: dict[tuple[str, InputKind], list[int]] = {}
-        for n, active in plans:
-            kind = items[n].kind
-            if active is not None:
-                groups.setdefault(("query", kind), []).append(n)
-            if active is None or "document" in active.adapter.manifest.inputs:
-                groups.setdefault(("document", kind), []).append(n)
-        encoded: dict[tuple[str, int], tuple[np.ndarray, list[int]]] = {}
-        for (which, kind), members in groups.items():
-            encoder = self.query_encoder if which == "query" else self.document_encoder
-            texts = [t for n in members for t in items[n].texts]
-            instr = [items[n].instruction for n in members for _ in items[n].texts]
-            vectors, counts = self._encode(encoder, texts, kind, instr)
-            at = 0
-            for n in members:
-                k = len(items[n].texts)
-                encoded[(which, n)] = (vectors[at : at + k], counts[at : at + k])
-                at += k
+        if item.kind != "query" or item.baseline:
+            active = None
+        elif item.adapter is not None:
+            active = item.adapter
+        else:
+            active = self.active_adapter(item.tenant)
+        truncated: dict[int, Cut] = {}
+        parts: dict[Which, Part] = {}
+        if active is not None:
+            parts["query"] = self._part("query", item, truncated)
+        if active is None or "document" in active.adapter.manifest.inputs:
+            parts["document"] = self._part("document", item, truncated)
+        prep = Prepared(item, active, parts, sorted(truncated.values(), key=lambda c: c.index))
+        prep.timings_ms["tokenize"] = (time.perf_counter() - t0) * 1e3
+        return prep
+
+    def _fall_back(self, prep: Prepared, reason: str) -> None:
+        """Serve this request with the document encoder's own query vectors (the index's
+        native space) after the query encoder failed; flagged in the outcome and a metric."""
+        prep.active = None
+        prep.parts.pop("query", None)
+        prep.degraded = reason
+        if "document" not in prep.parts:
+            prep.parts["document"] = self._part("document", prep.item, {})
+        self.metrics.fallbacks.labels(prep.item.tenant, reason).inc()
+
+    def _encode_group(self, which: Which, kind: InputKind, members: list[Prepared]) -> None:
+        """One encoder pass over the cache misses of every member; raises what the encoder
+        raised (the caller decides between 503 and the fallback)."""
+        parts = [p.parts[which] for p in members]
+        encoder = parts[0].encoder
+        tokens = Tokenized.concat([p.tokens for p in parts])
+        start = time.perf_counter()
+        res = encoder.encode_tokenized(tokens, truncate=True)
+        m = self.metrics
+        m.encoder_latency.labels(encoder.name, kind).observe(time.perf_counter() - start)
+        m.encoder_batch_size.labels(encoder.name, kind).observe(len(tokens))
+        used = sum(res.token_counts)
+        m.encoder_batch_tokens.labels(encoder.name, kind).observe(used)
+        m.encoder_tokens.labels(encoder.name, kind).inc(used)
+        if kind == "query":
+            self.query_cache.put_many(
+                self.fingerprint(encoder), tokens.texts, res.vectors, tokens.counts
+            )
+        at = 0
+        for part in parts:
+            k = len(part.miss)
+            part.vectors[part.miss] = res.vectors[at : at + k]
+            at += k
+
+    def run_prepared(self, preps: list[Prepared]) -> list[EmbedOutcome | APIError]:
+        """Encode the cache misses of several requests (any tenants): one pass per encoder
+        and input kind, the query encoder first so a request it fails can still join the
+        document encoder's pass (the fallback). Then one matmul per adapter."""
+        t0 = time.perf_counter()
+        failed: dict[int, APIError] = {}
+        for which in ("query", "document"):
+            groups: dict[InputKind, list[Prepared]] = {}
+            for p in preps:
+                if id(p) not in failed and which in p.parts and p.parts[which].miss:
+                    groups.setdefault(p.item.kind, []).append(p)
+            for kind, members in groups.items():
+                try:
+                    self._encode_group(which, kind, members)
+                except Exception as e:
+                    self._encoder_failed(which, kind, members, e, failed)
         t1 = time.perf_counter()
-        # adapters: stack the rows of every item that shares an adapter, apply once
-        by_adapter: dict[str, list[int]] = {}
-        for n, active in plans:
-            if active is not None:
-                by_adapter.setdefault(active.adapter.id, []).append(n)
+        timings = {"encode": (t1 - t0) * 1e3}
+        outcomes = self.finish([p for p in preps if id(p) not in failed], timings)
+        by_id = {id(p): o for p, o in outcomes}
+        return [failed.get(id(p)) or by_id[id(p)] for p in preps]
+
+    def _encoder_failed(
+        self,
+        which: Which,
+        kind: InputKind,
+        members: list[Prepared],
+        exc: Exception,
+        failed: dict[int, APIError],
+    ) -> None:
+        encoder = members[0].parts[which].encoder
+        self.metrics.encoder_failures.labels(encoder.name).inc()
+        oom = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+        reason = "out_of_memory" if oom else "encoder_unavailable"
+        if isinstance(exc, EncoderError):
+            log.error("encoder %s failed a batch of %d: %s", encoder.name, len(members), exc)
+        else:
+            log.exception("encoder %s raised on a batch of %d", encoder.name, len(members))
+        if which == "query" and self.settings.encoder_fallback:
+            for p in members:
+                try:
+                    self._fall_back(p, reason)
+                except APIError as e:
+                    failed[id(p)] = e
+            return
+        err = APIError(
+            503,
+            reason,
+            f"the {encoder.name} encoder cannot answer right now",
+            {"encoder": encoder.name},
+            headers={"Retry-After": "1"},
+        )
+        for p in members:
+            failed[id(p)] = err
+
+    def finish(
+        self, preps: list[Prepared], timings: dict[str, float] | None = None
+    ) -> list[tuple[Prepared, EmbedOutcome]]:
+        """Adapt every request's vectors (rows sharing an adapter stacked, one matmul each)."""
+        t1 = time.perf_counter()
+        by_adapter: dict[str, list[Prepared]] = {}
+        for p in preps:
+            if p.active is not None:
+                by_adapter.setdefault(p.active.adapter.id, []).append(p)
         adapted: dict[int, np.ndarray] = {}
-        active_of = dict(plans)
         for members in by_adapter.values():
-            adapter = active_of[members[0]].adapter  # type: ignore[union-attr]
+            adapter = members[0].active.adapter  # type: ignore[union-attr]
             parts = []
-            for n in members:
-                x = encoded[("query", n)][0]
+            for p in members:
+                x = p.parts["query"].vectors
                 if "document" in adapter.manifest.inputs:
-                    x = np.concatenate([x, encoded[("document", n)][0]], axis=1)
+                    x = np.concatenate([x, p.parts["document"].vectors], axis=1)
                 parts.append(x)
             y = adapter.apply(np.concatenate(parts))
             at = 0
-            for n in members:
-                k = len(items[n].texts)
-                adapted[n] = y[at : at + k]
+            for p in members:
+                k = len(p.item.texts)
+                adapted[id(p)] = y[at : at + k]
                 at += k
         t2 = time.perf_counter()
         if by_adapter:
             self.metrics.adapter_latency.observe(t2 - t1)
-        timings = {"encode": (t1 - t0) * 1e3, "adapt": (t2 - t1) * 1e3}
-        for n, active in plans:
-            if active is None:
-                vectors, counts = encoded[("document", n)]
-                results[n] = EmbedOutcome(
-                    vectors, counts, self.document_encoder.name, None, dict(timings)
-                )
-            else:
-                counts = encoded[("query", n)][1]
-                results[n] = EmbedOutcome(
-                    adapted[n], counts, self.query_encoder.name, active, dict(timings)
-                )
+        out: list[tuple[Prepared, EmbedOutcome]] = []
+        for p in preps:
+            served = p.parts["query"] if p.active is not None else p.parts["document"]
+            max_tokens = served.encoder.max_tokens
+            outcome = EmbedOutcome(
+                adapted[id(p)] if p.active is not None else served.vectors,
+                [min(c, max_tokens) for c in served.counts],
+                served.encoder.name,
+                p.active,
+                {**p.timings_ms, **(timings or {"encode": 0.0}), "adapt": (t2 - t1) * 1e3},
+                truncated=list(p.truncated),
+                cache=p.cache_state(),
+                degraded=p.degraded,
+            )
+            out.append((p, outcome))
+        return out
+
+    def embed_batch(self, items: list[EmbedItem]) -> list[EmbedOutcome | APIError]:
+        """Embed several requests (any tenants) with one pass per encoder and input kind."""
+        results: list[EmbedOutcome | APIError | None] = [None] * len(items)
+        preps: list[tuple[int, Prepared]] = []
+        for n, item in enumerate(items):
+            try:
+                preps.append((n, self.prepare(item)))
+            except APIError as e:
+                results[n] = e
+        for (n, _), r in zip(preps, self.run_prepared([p for _, p in preps]), strict=True):
+            results[n] = r
         return results  # type: ignore[return-value]
 
     def embed(
@@ -425,12 +561,31 @@ class Runtime:
                 {"collection_dim": info.dim, "query_dim": int(vector.shape[0])},
             )
         assert client_filter is None or isinstance(client_filter, models.Filter)
-        return self.gateway.search(
-            collection,
-            vector.tolist(),
-            tenant_field=self.settings.tenant_field,
-            tenant_value=tenant.value,
-            client_filter=client_filter,
-            limit=top_k,
-            with_payload=with_payload,
-        )
+        try:
+            return self.gateway.search(
+                collection,
+                vector.tolist(),
+                tenant_field=self.settings.tenant_field,
+                tenant_value=tenant.value,
+                client_filter=client_filter,
+                limit=top_k,
+                with_payload=with_payload,
+            )
+        except Exception as e:
+            # A filter Qdrant itself refuses (local mode: ValueError; a server: a 4xx) is the
+            # client's to fix, not an outage; anything else propagates (-> 503).
+            if client_filter is not None and _is_filter_refusal(e):
+                raise APIError(
+                    422,
+                    "invalid_filter",
+                    f"Qdrant refused the filter: {str(e)[:200]}",
+                ) from None
+            raise
+
+
+def _is_filter_refusal(exc: Exception) -> bool:
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    if isinstance(exc, UnexpectedResponse):
+        return 400 <= exc.status_code < 500
+    return isinstance(exc, ValueError | KeyError | TypeError)

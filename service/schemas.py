@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from qdrant_client.local.json_path_parser import parse_json_path
 
 
 def _check_texts(v: str | list[str]) -> str | list[str]:
@@ -17,7 +26,76 @@ def _check_texts(v: str | list[str]) -> str | list[str]:
     return v
 
 
-class EmbedRequest(BaseModel):
+MAX_FILTER_DEPTH = 16
+MAX_FILTER_NODES = 2048
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    """Refuse lone surrogates (JSON can spell them as escapes): no tokenizer, Qdrant or
+    response encoder can take them, so they would otherwise surface as a 500 far away."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{at} is not valid Unicode (a lone surrogate)") from None
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                stack.append((k, f"{at} (a key)"))
+                stack.append((x, f"{at}.{str(k)[:32]}" if str(k).isascii() else at))
+        elif isinstance(v, list):
+            stack.extend((x, f"{at}[{i}]") for i, x in enumerate(v))
+
+
+def _check_filter_shape(v: Any) -> Any:
+    """Bound a client filter's nesting and size before anything walks it recursively, and
+    refuse what Qdrant refuses only at search time (payload paths, `min_count` < 1), so that
+    a bad filter is a 422 here rather than a failed search."""
+    if not isinstance(v, dict):
+        return v
+    stack: list[tuple[Any, int]] = [(v, 1)]
+    nodes = 0
+    while stack:
+        x, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_FILTER_DEPTH:
+            raise ValueError(f"filter is nested deeper than {MAX_FILTER_DEPTH} levels")
+        if nodes > MAX_FILTER_NODES:
+            raise ValueError(f"filter has more than {MAX_FILTER_NODES} elements")
+        if isinstance(x, dict):
+            _check_filter_node(x)
+        children = x.values() if isinstance(x, dict) else x if isinstance(x, list) else ()
+        stack.extend((c, depth + 1) for c in children)
+    return v
+
+
+def _check_filter_node(node: dict[Any, Any]) -> None:
+    key = node.get("key")
+    if isinstance(key, str):
+        try:
+            parse_json_path(key)
+        except ValueError:
+            raise ValueError(f"filter key {key[:64]!r} is not a valid payload path") from None
+    ms = node.get("min_should")
+    count = ms.get("min_count") if isinstance(ms, dict) else None
+    if isinstance(count, int | float) and not isinstance(count, bool) and count < 1:
+        raise ValueError("filter min_should.min_count must be 1 or more")
+
+
+class _UnicodeChecked(BaseModel):
+    """Every string of the request, dict keys included, must be encodable as UTF-8."""
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> Any:
+        for name in type(self).model_fields:
+            _check_unicode(getattr(self, name), name)
+        return self
+
+
+class EmbedRequest(_UnicodeChecked):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     input: str | list[str] = Field(description="One text or a list of texts.")
@@ -40,9 +118,26 @@ class AdapterRef(BaseModel):
     version: int
 
 
+class TruncatedInput(BaseModel):
+    index: int
+    tokens: int = Field(description="The input's tokens before the cut.")
+    kept: int = Field(description="Tokens the encoder read (its limit).")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     total_tokens: int
+    truncated: list[TruncatedInput] | None = Field(
+        default=None, description="Inputs cut to the encoder's limit (truncate=true only)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_truncated(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """OpenAI's usage shape unless something was actually cut."""
+        data: dict[str, Any] = handler(self)
+        if not data.get("truncated"):
+            data.pop("truncated", None)
+        return data
 
 
 class EmbeddingItem(BaseModel):
@@ -57,7 +152,7 @@ class EmbedResponse(BaseModel):
     usage: Usage
 
 
-class OpenAIEmbeddingsRequest(BaseModel):
+class OpenAIEmbeddingsRequest(_UnicodeChecked):
     """OpenAI's shape; unknown fields are tolerated as OpenAI's API does."""
 
     model_config = ConfigDict(extra="ignore")
@@ -85,7 +180,7 @@ class OpenAIEmbeddingsResponse(BaseModel):
     usage: Usage
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(_UnicodeChecked):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     query: str = Field(min_length=1)
@@ -95,6 +190,8 @@ class SearchRequest(BaseModel):
     )
     with_payload: bool = True
     instruction: str | None = Field(default=None, max_length=2048)
+
+    _filter_shape = field_validator("filter", mode="before")(_check_filter_shape)
 
     @field_validator("query")
     @classmethod

@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Bind address of `querylift serve`.")
     port: int = Field(default=8080, description="Port of `querylift serve`.")
     log_level: str = Field(default="info", description="Python log level.")
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="`querylift serve` log lines: `json` (one object per line: ts, level, "
+        "logger, msg, request_id, tenant, ...) or `text`.",
+    )
+    access_log: bool = Field(
+        default=True, description="One `querylift.access` log line per request."
+    )
     profile: Literal["embedded", "gpu"] = Field(
         default="embedded",
         description="Encoder defaults: `embedded` (CPU: mpnet -> MiniLM) or `gpu` (Qwen3-8B "
@@ -95,7 +103,19 @@ class Settings(BaseSettings):
         default=Path("var/qdrant"), description="Folder of the embedded (local-mode) Qdrant."
     )
     qdrant_api_key: str | None = Field(default=None, description="API key for a Qdrant server.")
-    qdrant_timeout_s: float = Field(default=10.0, gt=0, description="Qdrant call timeout.")
+    qdrant_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Qdrant call timeout in seconds (each connect / read of every call, /readyz's "
+        "ping included): past it /search answers 503 and /readyz says `timeout`.",
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="After SIGTERM, how long in-flight requests may run before the process "
+        "exits (keep it below the orchestrator's kill timeout, e.g. Kubernetes' "
+        "terminationGracePeriodSeconds).",
+    )
     collection: str = Field(
         default="demo", description="Collection of tenants that do not name their own."
     )
@@ -131,9 +151,54 @@ class Settings(BaseSettings):
     audit_log: Path | None = Field(
         default=None, description="Admin audit log (JSON lines); default <adapter_store>/audit.log"
     )
+    gate_max_regression: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Quality gate: the largest mean nDCG@10 drop (0.01 = 1 point) a candidate "
+        "adapter may show against the document model alone or the current adapter on the "
+        "tenant's validation set; a larger drop whose bootstrap CI lies below 0 is refused.",
+    )
+    gate_resamples: int = Field(
+        default=2000,
+        ge=100,
+        le=100_000,
+        description="Quality gate: paired-bootstrap resamples (seeded: the same data always "
+        "gives the same decision).",
+    )
+    gate_max_queries: int = Field(
+        default=2000,
+        gt=0,
+        description="Most queries in a tenant validation set (each activation embeds and "
+        "searches every one of them three times).",
+    )
     max_inputs: int = Field(default=256, gt=0, description="Most texts in one embed request.")
     max_input_chars: int = Field(
         default=32_768, gt=0, description="Most characters in one input text."
+    )
+    max_body_bytes: int = Field(
+        default=8 << 20,
+        gt=0,
+        description="Largest request body (bytes) outside the admin upload (it has its own "
+        "caps); larger is 413 before the body is read.",
+    )
+    rate_limit_rps: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Requests per second per tenant on /embed, /v1/embeddings and /search "
+        "(a token bucket; 0 = off); a tenant's `rate_limit_rps` overrides it.",
+    )
+    rate_limit_burst: int | None = Field(
+        default=None,
+        gt=0,
+        description="Bucket size of the rate limit: requests a tenant may send at once; "
+        "unset = one second's worth (rate rounded up, at least 1).",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (JSON list, e.g. '[\"https://app.example\"]'); "
+        "empty = CORS off (no CORS headers).",
     )
 
     batch_max_items: int = Field(
@@ -142,17 +207,36 @@ class Settings(BaseSettings):
     batch_max_tokens: int = Field(
         default=16_384,
         gt=0,
-        description="Most (approximate: chars // 4 + 2 per text) tokens in one encoder batch.",
+        description="Most tokens (the encoders' counts, after any cut) in one encoder batch.",
     )
     batch_max_wait_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0,
-        description="Longest a batch waits for more requests after its first one arrived.",
+        description="Extra wait for a fuller batch once the encoder is free (0: none; "
+        "requests that arrive while a batch runs are merged into the next one anyway).",
+    )
+    query_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="Raw (pre-adapter) query vectors kept in an LRU cache (0 disables it); "
+        "about (query dim + document dim) x 4 bytes each.",
+    )
+    encoder_fallback: bool = Field(
+        default=False,
+        description="When the query encoder fails a batch, answer its queries with the "
+        "document encoder's own vectors (header X-Querylift-Degraded) instead of 503.",
     )
     max_queue: int = Field(
         default=1024,
         gt=0,
         description="Most texts waiting for a batch; beyond it requests get 429 + Retry-After.",
+    )
+    max_queue_wait_ms: float = Field(
+        default=10_000.0,
+        ge=0,
+        description="Refuse (429 + Retry-After) a request whose estimated wait for the encoder "
+        "(queued tokens x recent seconds per token) is longer (0: only max_queue limits). "
+        "For interactive query traffic set it near your latency target.",
     )
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="Deadline of one embed request in the queue (504 past it)."

@@ -27,6 +27,15 @@ class Tenant(BaseModel):
     default_adapter: str | None = Field(
         default=None, description="adapter id used until an admin binds another"
     )
+    rate_limit_rps: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="requests per second; unset = QUERYLIFT_RATE_LIMIT_RPS, 0 = unlimited",
+    )
+    rate_limit_burst: int | None = Field(
+        default=None, gt=0, description="bucket size; unset = the default burst"
+    )
 
     @field_validator("api_keys_sha256")
     @classmethod
@@ -53,6 +62,14 @@ class TenantRegistry:
         names = [t.name for t in tenants]
         if len(set(names)) != len(names):
             raise ValueError("duplicate tenant names in tenants file")
+        # isolation rests on these being unique: one key names one tenant, and one tenant
+        # value in a collection belongs to one tenant (unset collection = the default one)
+        hashes = [h for t in tenants for h in t.api_keys_sha256]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("an API key hash is listed twice in the tenants file")
+        scopes = [(t.collection, t.value) for t in tenants]
+        if len(set(scopes)) != len(scopes):
+            raise ValueError("two tenants share a tenant_value in the same collection")
         self.dev_mode = dev_mode
         self.tenants = {t.name: t for t in tenants}
         self._by_hash: list[tuple[bytes, Tenant]] = [

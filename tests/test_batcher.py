@@ -6,30 +6,31 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.batcher import Batcher, approx_tokens
+from service.batcher import Batcher
+from service.embedding import EmbedOutcome, Prepared
 from service.errors import APIError
 from service.metrics import Metrics
-from service.runtime import EmbedItem, EmbedOutcome
 from tests.conftest import auth
 
 
 class Blocker:
-    """Wraps Runtime.embed_batch: records each batch, holds the first until released."""
+    """Wraps Runtime.run_prepared: records each batch, holds the first until released."""
 
-    def __init__(self, real: Callable[[list[EmbedItem]], list]) -> None:
+    def __init__(self, real: Callable[[list[Prepared]], list]) -> None:
         self.real = real
         self.release = threading.Event()
         self.entered = threading.Event()
         self.calls: list[list[tuple[str, tuple[str, ...]]]] = []
 
-    def __call__(self, items: list[EmbedItem]) -> list:
-        self.calls.append([(i.tenant, tuple(i.texts)) for i in items])
+    def __call__(self, items: list[Prepared]) -> list:
+        self.calls.append([(p.item.tenant, tuple(p.item.texts)) for p in items])
         self.entered.set()
         assert self.release.wait(30)
         return self.real(items)
@@ -75,8 +76,8 @@ def make_client(
 
 def block(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Blocker:
     rt = client.app.state.runtime
-    blocker = Blocker(rt.embed_batch)
-    monkeypatch.setattr(rt, "embed_batch", blocker)
+    blocker = Blocker(rt.run_prepared)
+    monkeypatch.setattr(rt, "run_prepared", blocker)
     return blocker
 
 
@@ -188,16 +189,16 @@ def test_health_and_metrics_answer_while_a_batch_is_held(client, monkeypatch):
 
 def test_batcher_survives_a_failing_batch(client, monkeypatch):
     rt = client.app.state.runtime
-    real = rt.embed_batch
+    real = rt.run_prepared
     failures = iter([RuntimeError("boom"), APIError(503, "encoder_unavailable", "down")])
 
-    def flaky(items: list[EmbedItem]) -> list:
+    def flaky(items: list[Prepared]) -> list:
         err = next(failures, None)
         if err is not None:
             raise err
         return real(items)
 
-    monkeypatch.setattr(rt, "embed_batch", flaky)
+    monkeypatch.setattr(rt, "run_prepared", flaky)
     r1 = client.post("/embed", json={"input": "a"}, headers=auth("acme"))
     assert r1.status_code == 503 and r1.json()["error"]["code"] == "batch_failed"
     r2 = client.post("/embed", json={"input": "b"}, headers=auth("acme"))
@@ -219,12 +220,29 @@ def test_shutdown_cancels_the_task(make_client):
 
 
 # -- the Batcher on its own (a fake runtime) ----------------------------------------------------
+@dataclass
+class FakePrep:
+    """What the batcher reads of a prepared request: rows to encode and their tokens."""
+
+    tenant: str
+    texts: list[str]
+    tokens_each: int = 1
+
+    @property
+    def misses(self) -> int:
+        return len(self.texts)
+
+    @property
+    def miss_tokens(self) -> int:
+        return self.tokens_each * len(self.texts)
+
+
 class FakeRuntime:
     def __init__(self, hold: threading.Event | None = None) -> None:
-        self.batches: list[list[EmbedItem]] = []
+        self.batches: list[list[FakePrep]] = []
         self.hold = hold
 
-    def embed_batch(self, items: list[EmbedItem]) -> list:
+    def run_prepared(self, items: list[FakePrep]) -> list:
         self.batches.append(items)
         if self.hold is not None:
             self.hold.wait(30)
@@ -252,8 +270,8 @@ def test_batches_are_cut_by_items_and_tokens():
     async def main() -> None:
         b = make_batcher(rt, max_items=4, max_wait_ms=50.0)
         b.start()
-        items = [EmbedItem(f"t{i}", ["x", "y"], "query") for i in range(5)]
-        outs = await asyncio.gather(*(b.submit(i, 30) for i in items))
+        items = [FakePrep(f"t{i}", ["x", "y"]) for i in range(5)]
+        outs = await asyncio.gather(*(b.submit(i, 30) for i in items))  # type: ignore[arg-type]
         assert all(o.vectors.shape == (2, 2) for o in outs)
         await b.stop()
 
@@ -262,13 +280,12 @@ def test_batches_are_cut_by_items_and_tokens():
     assert sum(len(batch) for batch in rt.batches) == 5
 
     rt = FakeRuntime()
-    long = "w" * 400  # about 102 tokens
-    assert approx_tokens(long) == 102
+    long = FakePrep("t", ["w" * 400], tokens_each=102)  # batches are cut by the admitted counts
 
     async def by_tokens() -> None:
         b = make_batcher(rt, max_tokens=250, max_wait_ms=50.0)
         b.start()
-        await asyncio.gather(*(b.submit(EmbedItem("t", [long], "query"), 30) for _ in range(4)))
+        await asyncio.gather(*(b.submit(long, 30) for _ in range(4)))  # type: ignore[arg-type]
         await b.stop()
 
     asyncio.run(by_tokens())
@@ -282,10 +299,10 @@ def test_stop_answers_queued_requests_503():
     async def main() -> None:
         b = make_batcher(rt, max_wait_ms=0.0)
         b.start()
-        running = asyncio.create_task(b.submit(EmbedItem("a", ["1"], "query"), 30))
+        running = asyncio.create_task(b.submit(FakePrep("a", ["1"]), 30))  # type: ignore[arg-type]
         while not rt.batches:
             await asyncio.sleep(0.01)
-        queued = asyncio.create_task(b.submit(EmbedItem("b", ["2"], "query"), 30))
+        queued = asyncio.create_task(b.submit(FakePrep("b", ["2"]), 30))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
         await b.stop()
         for t in (running, queued):
@@ -294,8 +311,41 @@ def test_stop_answers_queued_requests_503():
             assert e.value.status == 503
         hold.set()
         with pytest.raises(APIError) as e:  # no longer accepting work
-            await b.submit(EmbedItem("c", ["3"], "query"), 30)
+            await b.submit(FakePrep("c", ["3"]), 30)  # type: ignore[arg-type]
         assert e.value.status == 503
 
     asyncio.run(main())
     assert len(rt.batches) == 1
+
+
+def test_a_request_whose_estimated_wait_is_too_long_gets_a_fast_429():
+    hold = threading.Event()
+    rt = FakeRuntime(hold)
+
+    async def main() -> None:
+        b = make_batcher(rt, max_wait_ms=0.0, max_queue_wait_ms=100.0)
+        b.start()
+        # never refused while idle, even before any batch has been timed
+        b.check_admission(10_000)
+        running = asyncio.create_task(b.submit(FakePrep("a", ["1"], tokens_each=5), 30))  # type: ignore[arg-type]
+        while not rt.batches:
+            await asyncio.sleep(0.01)
+        b._s_per_token = 0.01  # as if timed: 10 ms a token
+        queued = asyncio.create_task(b.submit(FakePrep("b", ["2"], tokens_each=4), 30))  # type: ignore[arg-type]
+        await asyncio.sleep(0.02)
+        assert 0.04 < b.estimated_wait_s() <= 0.09  # the held batch's rest + 4 queued tokens
+        start = time.monotonic()
+        with pytest.raises(APIError) as e:
+            await b.submit(FakePrep("c", ["3"], tokens_each=6), 30)  # type: ignore[arg-type]
+        assert time.monotonic() - start < 0.05
+        assert e.value.status == 429 and e.value.code == "overloaded"
+        assert e.value.details["estimated_wait_ms"] > 40
+        assert int(e.value.headers["Retry-After"]) >= 1
+        hold.set()
+        await asyncio.gather(running, queued)
+        assert b.estimated_wait_s() == 0.0  # drained: admitted again
+        await b.submit(FakePrep("d", ["4"], tokens_each=6), 30)  # type: ignore[arg-type]
+        await b.stop()
+
+    asyncio.run(main())
+    assert [t for batch in rt.batches for p in batch for t in p.texts] == ["1", "2", "4"]

@@ -1,0 +1,105 @@
+"""The data that flows through one embed request: admitted, batched, encoded, adapted.
+
+A request is tokenised once at admission (`Runtime.prepare`) into one `Part` per encoder it
+needs; cached query rows arrive with their vectors, the others (`miss`) are encoded in a
+shared batch; then the tenant's adapter maps the rows into the index's space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from adapters import Adapter
+from encoders import Encoder, InputKind, Tokenized
+
+Which = Literal["query", "document"]
+
+
+@dataclass(frozen=True)
+class ActiveAdapter:
+    adapter: Adapter
+    version: int
+
+    def ref(self) -> dict[str, object]:
+        return {"id": self.adapter.id, "version": self.version}
+
+
+@dataclass
+class EmbedItem:
+    """One request's texts; items of several tenants can share one encoder pass."""
+
+    tenant: str
+    texts: list[str]
+    kind: InputKind
+    instruction: str | None = None
+    truncate: bool = False
+    # Admin-side evaluations (quality gate, shadow traffic) embed with an adapter that is not
+    # the tenant's active one: `adapter` replaces it; `baseline=True` means no adapter at all
+    # (the document encoder's own query vectors). Never set from a client request.
+    adapter: ActiveAdapter | None = None
+    baseline: bool = False
+
+
+@dataclass(frozen=True)
+class Cut:
+    """An input cut to the encoder's limit because the client asked for truncate=true."""
+
+    index: int
+    tokens: int  # before the cut (the larger count where two encoders read the text)
+    kept: int
+
+
+@dataclass
+class Part:
+    """One request's rows for one encoder."""
+
+    which: Which
+    encoder: Encoder
+    tokens: Tokenized  # the rows to encode (cache misses), in `miss` order
+    vectors: np.ndarray  # (rows, encoder dim): cache hits at admission, the rest by the batch
+    miss: list[int]
+    counts: list[int]  # untruncated token counts of every row
+
+
+@dataclass
+class Prepared:
+    item: EmbedItem
+    active: ActiveAdapter | None
+    parts: dict[Which, Part]
+    truncated: list[Cut]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    degraded: str | None = None  # why the document encoder answered instead (the fallback)
+
+    @property
+    def misses(self) -> int:
+        return sum(len(p.miss) for p in self.parts.values())
+
+    @property
+    def miss_tokens(self) -> int:
+        """Tokens the batch will run for this request (after any cut): batch cutting."""
+        return sum(
+            min(c, p.encoder.max_tokens) for p in self.parts.values() for c in p.tokens.counts
+        )
+
+    def cache_state(self) -> str:
+        """hit: every query row came from the cache; miss: none did; partial: some."""
+        if self.item.kind != "query":
+            return "off"
+        rows = sum(len(p.counts) for p in self.parts.values())
+        missed = self.misses
+        return "hit" if missed == 0 else "miss" if missed == rows else "partial"
+
+
+@dataclass
+class EmbedOutcome:
+    vectors: np.ndarray
+    token_counts: list[int]  # per row, as fed to the serving encoder (after any cut)
+    model: str
+    adapter: ActiveAdapter | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    truncated: list[Cut] = field(default_factory=list)
+    cache: str = "off"
+    degraded: str | None = None

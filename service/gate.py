@@ -1,0 +1,413 @@
+"""The quality gate, service side: tenant validation sets, the live evaluation, gate records.
+
+A tenant's validation set is the pairs format of `querylift train` (`{"query", "positive_ids",
+"negative_ids"?, "id"?}` a line; negatives are ignored here), parsed with its own small model
+because the service never imports training/. On activation the candidate adapter, the
+tenant's current adapter and the document model's own query vectors embed every validation
+query (`Runtime.embed_batch` with `EmbedItem.adapter` / `baseline`) and search the tenant's
+real collection with the tenant filter; documents are matched by their `doc_id` payload. The
+statistics and the decision are `adapters.gate`'s, the same code `querylift eval --gate` runs.
+
+On disk, beside the adapter store's own folders (every file written by fsync + rename):
+    <store>/validation/<tenant>.json          the tenant's validation set
+    <store>/gates/<tenant>/<adapter id>.json  the latest gate run of that adapter for the tenant
+Gate records live outside the checkpoint: a manifest's content is its id (adapters/checkpoint
+`content_id`), so writing numbers into it would turn it into another adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from adapters import Adapter
+from adapters.fsutil import atomic_write_bytes
+from adapters.gate import GateReport, ndcg_at_k, run_gate
+from service.errors import APIError
+from service.qdrant_gateway import CollectionNotFound
+from service.runtime import ActiveAdapter, EmbedItem, EmbedOutcome, Runtime
+from service.tenants import Tenant
+
+log = logging.getLogger(__name__)
+
+MAX_VALIDATION_BYTES = 16 << 20
+GATE_DEPTH = 10  # nDCG@10: the ranks the gate looks at
+_CHUNK = 128  # validation queries per embed call (bounds memory, keeps encoder batches sane)
+_SAFE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+
+
+class GateUnavailable(Exception):
+    """The gate cannot run (e.g. the tenant's collection does not exist)."""
+
+
+# -- validation sets ---------------------------------------------------------------------------
+class ValidationPair(BaseModel):
+    """One labelled query; unknown keys (a pairs line may carry more) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(description="query id (the line's `id`, else `q<line number>`)")
+    query: str = Field(min_length=1)
+    positive_ids: list[str] = Field(min_length=1, description="relevant document ids (doc_id)")
+
+    @field_validator("query")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("empty query")
+        return v
+
+    @field_validator("positive_ids", mode="before")
+    @classmethod
+    def _ids(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        out = []
+        for x in v:
+            if isinstance(x, bool) or not isinstance(x, str | int) or str(x) == "":
+                raise ValueError(f"{x!r} is not a document id")
+            out.append(str(x))
+        return list(dict.fromkeys(out))
+
+
+class ValidationSet(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: str
+    sha256: str = Field(description="sha256 of the canonical pairs (what gate records cite)")
+    uploaded_at: str
+    actor: str | None = None
+    pairs: list[ValidationPair]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "n_queries": len(self.pairs),
+            "sha256": self.sha256,
+            "uploaded_at": self.uploaded_at,
+            "actor": self.actor,
+        }
+
+
+def _invalid(message: str, details: Any = None) -> APIError:
+    return APIError(422, "invalid_validation_set", message, details)
+
+
+def _records(body: bytes) -> list[tuple[int, Any]]:
+    """(position, record) from a JSON list (or {"pairs": [...]}) or from JSON lines."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid("the validation set is not UTF-8") from None
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None  # JSON lines (or broken JSON: the line loop below names the line)
+    if isinstance(whole, dict) and set(whole) == {"pairs"}:
+        whole = whole["pairs"]
+    if isinstance(whole, list):
+        return list(enumerate(whole, 1))
+    if text.lstrip().startswith("["):
+        raise _invalid("invalid JSON: expected a list of pairs or JSON lines")
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise _invalid(f"line {lineno}: invalid JSON ({e.msg})", {"line": lineno}) from None
+    return out
+
+
+def parse_validation(body: bytes, max_queries: int, max_chars: int) -> list[ValidationPair]:
+    """Validate an uploaded set: every problem names its line (or list position)."""
+    if len(body) > MAX_VALIDATION_BYTES:
+        raise APIError(
+            413,
+            "payload_too_large",
+            f"the validation set is over {MAX_VALIDATION_BYTES} bytes",
+            {"max_bytes": MAX_VALIDATION_BYTES},
+        )
+    records = _records(body)
+    if not records:
+        raise _invalid("the validation set is empty")
+    if len(records) > max_queries:
+        raise APIError(
+            413,
+            "too_many_queries",
+            f"the validation set has {len(records)} queries; the limit is {max_queries} "
+            "(QUERYLIFT_GATE_MAX_QUERIES)",
+            {"queries": len(records), "max_queries": max_queries},
+        )
+    pairs: list[ValidationPair] = []
+    seen: set[str] = set()
+    for pos, rec in records:
+        if not isinstance(rec, dict):
+            raise _invalid(f"line {pos}: expected a JSON object", {"line": pos})
+        given = rec.get("id")
+        qid = str(given) if given not in (None, "") else f"q{pos}"
+        try:
+            pair = ValidationPair.model_validate({**rec, "id": qid})
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise _invalid(
+                f"line {pos}: {where}: {first['msg']}",
+                {
+                    "line": pos,
+                    "errors": [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()],
+                },
+            ) from None
+        if len(pair.query) > max_chars:
+            raise _invalid(
+                f"line {pos}: the query has {len(pair.query)} characters; the limit is "
+                f"{max_chars} (QUERYLIFT_MAX_INPUT_CHARS)",
+                {"line": pos},
+            )
+        if pair.id in seen:
+            raise _invalid(f"line {pos}: duplicate query id {pair.id!r}", {"line": pos})
+        seen.add(pair.id)
+        pairs.append(pair)
+    return pairs
+
+
+def fingerprint(pairs: list[ValidationPair]) -> str:
+    canon = "\n".join(
+        json.dumps(p.model_dump(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        for p in pairs
+    )
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+# -- gate records ------------------------------------------------------------------------------
+class GateRecord(BaseModel):
+    """One gate run for (tenant, adapter): the numbers, who asked, and what happened."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: str
+    adapter_id: str
+    actor: str
+    forced: bool = Field(description="activated with force=true although the gate refused")
+    activated: bool
+    report: GateReport
+
+
+class GateFiles:
+    """Validation sets and gate records in the adapter store folder (shared by replicas)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def _name(name: str) -> str:
+        if not _SAFE_NAME.match(name):
+            raise KeyError(name)
+        return name
+
+    def _validation_path(self, tenant: str) -> Path:
+        return self.root / "validation" / f"{self._name(tenant)}.json"
+
+    def _gate_path(self, tenant: str, adapter_id: str) -> Path:
+        return self.root / "gates" / self._name(tenant) / f"{self._name(adapter_id)}.json"
+
+    def save_validation(self, vs: ValidationSet) -> None:
+        atomic_write_bytes(self._validation_path(vs.tenant), vs.model_dump_json().encode())
+
+    def validation(self, tenant: str) -> ValidationSet | None:
+        path = self._validation_path(tenant)
+        if not path.is_file():
+            return None
+        return ValidationSet.model_validate_json(path.read_bytes())
+
+    def delete_validation(self, tenant: str) -> bool:
+        path = self._validation_path(tenant)
+        if not path.is_file():
+            return False
+        path.unlink()
+        return True
+
+    def save_gate(self, record: GateRecord) -> None:
+        path = self._gate_path(record.tenant, record.adapter_id)
+        atomic_write_bytes(path, record.model_dump_json(indent=2).encode())
+
+    def gate(self, tenant: str, adapter_id: str) -> GateRecord | None:
+        try:
+            path = self._gate_path(tenant, adapter_id)
+        except KeyError:
+            return None
+        if not path.is_file():
+            return None
+        try:
+            return GateRecord.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError) as e:
+            log.error("gate record %s unreadable: %s", path, e)
+            return None
+
+    def gates_for_tenant(self, tenant: str) -> dict[str, GateRecord]:
+        folder = self.root / "gates" / self._name(tenant)
+        out = {}
+        for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            record = self.gate(tenant, p.stem)
+            if record is not None:
+                out[p.stem] = record
+        return out
+
+    def gates_for_adapter(self, adapter_id: str) -> dict[str, GateRecord]:
+        base = self.root / "gates"
+        out = {}
+        for folder in sorted(base.iterdir()) if base.is_dir() else []:
+            if folder.is_dir() and (folder / f"{adapter_id}.json").is_file():
+                record = self.gate(folder.name, adapter_id)
+                if record is not None:
+                    out[folder.name] = record
+        return out
+
+    def drop_adapter(self, adapter_id: str) -> None:
+        """Forget a deleted adapter's gate records."""
+        self._name(adapter_id)
+        base = self.root / "gates"
+        for path in base.glob(f"*/{adapter_id}.json") if base.is_dir() else []:
+            os.unlink(path)
+
+
+def gate_files(runtime: Runtime) -> GateFiles:
+    return GateFiles(runtime.store.root)
+
+
+# -- the live evaluation -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _System:
+    key: str  # "baseline" | "candidate" | "current"
+    adapter: ActiveAdapter | None  # None: the document encoder's own query vectors
+
+
+def _vectors(
+    runtime: Runtime, tenant: Tenant, systems: list[_System], texts: list[str]
+) -> dict[str, np.ndarray]:
+    """{system key: vectors} for `texts`; one embed_batch call per chunk for every system."""
+    out: dict[str, list[np.ndarray]] = {s.key: [] for s in systems}
+    for start in range(0, len(texts), _CHUNK):
+        chunk = texts[start : start + _CHUNK]
+        items = [
+            EmbedItem(
+                tenant.name,
+                chunk,
+                "query",
+                truncate=True,  # a long validation query is cut, as serving would with truncate
+                adapter=s.adapter,
+                baseline=s.adapter is None,
+            )
+            for s in systems
+        ]
+        for s, res in zip(systems, runtime.embed_batch(items), strict=True):
+            if isinstance(res, APIError):
+                raise res
+            assert isinstance(res, EmbedOutcome)
+            out[s.key].append(np.asarray(res.vectors, dtype=np.float32))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _rankings(runtime: Runtime, tenant: Tenant, vectors: np.ndarray) -> list[list[str]]:
+    ranked = []
+    for v in vectors:
+        try:
+            hits = runtime.search(tenant, v, None, GATE_DEPTH, with_payload=False)
+        except APIError as e:
+            if e.code in ("collection_not_found", "collection_dim_mismatch"):
+                raise GateUnavailable(e.message) from None
+            raise
+        ranked.append([h.id for h in hits])
+    return ranked
+
+
+def evaluate(
+    runtime: Runtime,
+    tenant: Tenant,
+    validation: ValidationSet,
+    candidate: Adapter,
+    current: Adapter | None,
+) -> GateReport:
+    """Embed, search and score the validation set for the three systems, then decide.
+
+    `current` None: the tenant serves the document model's own vectors (the baseline).
+    """
+    collection = runtime.collection_for(tenant)
+    try:
+        runtime.gateway.collection_info(collection, refresh=True)
+    except CollectionNotFound:
+        raise GateUnavailable(
+            f"collection {collection!r} does not exist: nothing to search the validation set in"
+        ) from None
+    systems = [_System("baseline", None), _System("candidate", ActiveAdapter(candidate, 0))]
+    if current is not None and current.id != candidate.id:
+        systems.append(_System("current", ActiveAdapter(current, 0)))
+    pairs = validation.pairs
+    vectors = _vectors(runtime, tenant, systems, [p.query for p in pairs])
+    scores: dict[str, dict[str, float]] = {}
+    for s in systems:
+        ranked = _rankings(runtime, tenant, vectors[s.key])
+        scores[s.key] = {
+            p.id: ndcg_at_k(r, dict.fromkeys(p.positive_ids, 1), GATE_DEPTH)
+            for p, r in zip(pairs, ranked, strict=True)
+        }
+    if current is not None and current.id == candidate.id:
+        scores["current"] = scores["candidate"]
+    s = runtime.settings
+    return run_gate(
+        scores["candidate"],
+        scores["baseline"],
+        scores.get("current"),
+        threshold=s.gate_max_regression,
+        n_resamples=s.gate_resamples,
+        candidate_id=candidate.id,
+        current_id=current.id if current is not None else None,
+        validation_sha256=validation.sha256,
+    )
+
+
+def new_validation_set(
+    tenant: str, pairs: list[ValidationPair], actor: str | None
+) -> ValidationSet:
+    return ValidationSet(
+        tenant=tenant,
+        sha256=fingerprint(pairs),
+        uploaded_at=datetime.now(UTC).isoformat(),
+        actor=actor,
+        pairs=pairs,
+    )
+
+
+def known_ids(runtime: Runtime, tenant: Tenant, pairs: list[ValidationPair]) -> int | None:
+    """How many distinct positive ids exist in the tenant's collection (None: no collection).
+
+    Point ids derive from (tenant, doc_id), so one point per id: a count is the number found.
+    """
+    from qdrant_client import models
+
+    ids = sorted({d for p in pairs for d in p.positive_ids})
+    collection = runtime.collection_for(tenant)
+    try:
+        runtime.gateway.collection_info(collection, refresh=True)
+    except CollectionNotFound:
+        return None
+    flt = models.Filter(
+        must=[
+            models.FieldCondition(
+                key=runtime.settings.tenant_field, match=models.MatchValue(value=tenant.value)
+            ),
+            models.FieldCondition(key="doc_id", match=models.MatchAny(any=ids)),
+        ]
+    )
+    return runtime.gateway.count(collection, flt)

@@ -1,0 +1,201 @@
+"""Pure ASGI middleware: request ids, access log and request metrics; request body limit.
+
+Pure ASGI rather than `@app.middleware("http")` (BaseHTTPMiddleware): no extra task and
+stream per request, and `receive` stays the server's own, so disconnects are still seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Container
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import logs
+from service.errors import REQUEST_ID_HEADER, HTTPAPIError, error_response
+from service.metrics import Metrics
+from service.ratelimit import TokenBucketLimiter
+from service.settings import Settings
+
+access_log = logging.getLogger("querylift.access")
+
+# an incoming id is kept only when it is short and plain: it goes into every log line
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}")
+_HEADER = REQUEST_ID_HEADER.lower().encode()
+
+
+def request_id_from(scope: Scope) -> str:
+    """The client's `X-Request-ID` when it is sane (1-128 of `A-Za-z0-9._:+/=-`), else a new
+    one: the id is the key that joins a client's report to the service's log lines."""
+    for name, value in scope.get("headers", ()):
+        if name == _HEADER:
+            try:
+                given = value.decode("ascii")
+            except UnicodeDecodeError:
+                break
+            if _REQUEST_ID.fullmatch(given):
+                return given
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """The outermost layer: binds the request id (and, once auth knows it, the tenant) to
+    every log line, returns the id on every response, writes one access line, and counts
+    the request in `querylift_requests_total` / `querylift_request_duration_seconds`."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, access: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        rid = request_id_from(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        ctx = logs.RequestContext(rid)
+        token = logs.bind(ctx)
+        status = 500  # what the server answers when the app raises before responding
+        header = (_HEADER, rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != _HEADER]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            tenant = ctx.tenant or scope["state"].get("tenant")
+            method = scope.get("method", "")
+            if self.metrics is not None:
+                route = scope.get("route")
+                labels = (getattr(route, "path", "unmatched"), method, str(status))
+                self.metrics.requests.labels(*labels).inc()
+                self.metrics.request_latency.labels(*labels).observe(elapsed)
+            if self.access:
+                # the path only: no query string, no headers (keys live in Authorization)
+                path = scope.get("path", "")
+                access_log.info(
+                    "%s %s %d %.1fms",
+                    method,
+                    path,
+                    status,
+                    elapsed * 1e3,
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1e3, 3),
+                        "tenant": tenant,
+                    },
+                )
+            logs.unbind(token)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with `413 payload_too_large`: at once on a
+    declared Content-Length, else while the body streams in (chunked or lying about its
+    length), before the app has it all. Paths in `exempt` (the admin upload, which has its own
+    caps) pass through untouched."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: Container[str] = ()) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.exempt = exempt
+
+    def _too_large(self) -> HTTPAPIError:
+        return HTTPAPIError(
+            413,
+            "payload_too_large",
+            f"the request body is over {self.max_bytes} bytes (QUERYLIFT_MAX_BODY_BYTES)",
+            {"max_bytes": self.max_bytes},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            err = self._too_large()
+            # the body is never read: the server closes the connection after the answer
+            response = error_response(err.status_code, err.code, err.message, err.details)
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except HTTPAPIError as e:
+            # raised by our receive where the app did not turn it into a response itself
+            # (FastAPI does: it lets HTTPExceptions through to the error handlers)
+            if started or e.code != "payload_too_large":
+                raise
+            response = error_response(e.status_code, e.code, e.message, e.details)
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+# the admin upload streams up to 512 MiB under its own caps (service/admin.py)
+BODY_LIMIT_EXEMPT = frozenset({"/admin/adapters"})
+
+
+def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """The layers around the routes, outermost first: request context (id, logs, metrics),
+    CORS (only when origins are configured), body limit. Also the per-tenant rate limiter,
+    which the auth dependency spends (service/ratelimit.py)."""
+    app.state.rate_limiter = TokenBucketLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+    # add_middleware puts each new layer outside the previous ones
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=BODY_LIMIT_EXEMPT
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Server-Timing", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, access=settings.access_log)
