@@ -244,7 +244,7 @@ def train(
         float | None,
         typer.Option(
             help="L2 pull toward the starting weights (the hybrid's identity, the ridge fit "
-            "under `both`), not zero; default: the kind's (hybrid 0.025, others 0)"
+            "under `both`), not zero; default: the kind's (hybrid 0.02, others 0)"
         ),
     ] = None,
     hidden: int = 2048,

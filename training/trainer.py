@@ -45,7 +45,14 @@ class LabelConfig(BaseModel):
     hard_negatives: int = Field(default=5, ge=1)
     mine_depth: int = Field(default=2000, ge=1)
     mine_margin: float = Field(default=0.95, gt=0)
-    reg: float = Field(default=0.0, ge=0, description="L2 pull toward the initial weights")
+    reg: float = Field(
+        default=0.0,
+        ge=0,
+        description="strength of an L2 pull toward the weights label training starts from "
+        "(the hybrid's identity, the alignment fit under `both`), not toward zero: reg x the "
+        "summed squared distance is added to every batch's loss (weight_decay, by contrast, "
+        "pulls toward zero)",
+    )
     seed: int = 0
 
 
@@ -100,6 +107,8 @@ def _embed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _reg_term(module: nn.Module, start: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Squared distance of the trainable weights from `start`: an adapter that starts somewhere
+    good (the document model itself) keeps most of it off the training domain."""
     return sum(((p - start[n]) ** 2).sum() for n, p in module.named_parameters() if p.requires_grad)
 
 
