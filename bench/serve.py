@@ -209,6 +209,13 @@ async def main_async(args: argparse.Namespace) -> int:
         for per_request in (1, 16):
             for c in levels:
                 run = Run(f"/embed x{per_request}", c, per_request)
+                # this machine's speed drifts (shared cores): the in-process reference is
+                # measured right before and right after the service run, on the same texts
+                upcoming = list(itertools.islice(texts, 4000))
+                texts = itertools.chain(upcoming, texts)
+                guess = 1 if c == 1 and per_request == 1 else min(c * per_request, 64)
+                ref_before = in_process(q, upcoming, guess, budget_s=args.duration / 2)
+                single_before = single_text_ms(q, upcoming, 30) if c * per_request == 1 else []
                 before = scrape(url)
                 await closed_loop(url, run, texts, args.duration, args.max_requests)
                 after = scrape(url)
@@ -218,11 +225,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 enc_s = delta(after, before, f"querylift_encoder_duration_seconds_sum{{{enc_key}}}")
                 ad_s = delta(after, before, "querylift_adapter_apply_duration_seconds_sum{}")
                 b = max(1, round(mean_batch))
-                ref = in_process(q, run.texts_sent, b, budget_s=args.duration)
+                ref_after = in_process(q, run.texts_sent, b, budget_s=args.duration / 2)
+                ref = (ref_before + ref_after) / 2
                 ratio = run.texts_per_s() / ref if ref else 0.0
                 extra = ""
                 if c == 1 and per_request == 1:
-                    single = single_text_ms(q, run.texts_sent)
+                    single = single_before + single_text_ms(q, run.texts_sent, 30)
                     p50_ref = float(np.percentile(single, 50))
                     extra = (
                         f" | in-process single-text p50 {p50_ref:.1f} ms, service p50 "
@@ -233,7 +241,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"{run.name:<11} c={c:<3} {run.texts_per_s():7.1f} texts/s "
                     f"({run.ok} req, {dict(sorted(run.statuses.items()))}) "
                     f"p50 {run.pct(50):7.1f} p90 {run.pct(90):7.1f} p99 {run.pct(99):7.1f} ms | "
-                    f"batch {mean_batch:5.1f} | in-process @{b}: {ref:7.1f} texts/s, "
+                    f"batch {mean_batch:5.1f} | in-process @{b}: {ref:7.1f} texts/s (before "
+                    f"{ref_before:.1f} @{guess}, after {ref_after:.1f}), "
                     f"ratio {ratio:.2f}{extra}"
                 )
                 print(rows[-1], flush=True)

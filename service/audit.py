@@ -18,7 +18,16 @@ from typing import Any, Literal
 
 log = logging.getLogger("querylift.audit")
 
-Action = Literal["upload", "delete", "activate", "rollback", "set_validation", "delete_validation"]
+Action = Literal[
+    "upload",
+    "delete",
+    "activate",
+    "rollback",
+    "set_validation",
+    "delete_validation",
+    "shadow_start",
+    "shadow_stop",
+]
 Outcome = Literal["ok", "refused"]
 
 

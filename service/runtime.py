@@ -269,9 +269,14 @@ class Runtime:
             info = self.gateway.collection_info(collection, refresh=True)
         except CollectionNotFound:
             return problems  # nothing indexed yet: /embed works, /search will say 404
-        except Exception as e:
-            problems.append(f"cannot check collection {collection!r}: {type(e).__name__}")
-            return problems
+        except Exception as e:  # Qdrant down or slow: an outage, not a fault of the adapter
+            raise APIError(
+                503,
+                "qdrant_unavailable",
+                f"cannot check collection {collection!r} right now: {type(e).__name__}",
+                {"collection": collection},
+                headers={"Retry-After": "1"},
+            ) from e
         if info.dim != m.out_dim:
             problems.append(
                 f"out_dim {m.out_dim} != collection {collection!r} vector size {info.dim}"

@@ -329,6 +329,13 @@ async def start_shadow(
     adapter = await to_thread.run_sync(lambda: _candidate(runtime, t, body.adapter_id))
     run = ShadowRun(t, ActiveAdapter(adapter, 0), body.sample_rate, body.max_queries, admin.actor)
     shadow.runs[t.name] = run
+    admin.audit.record(
+        actor=admin.actor,
+        action="shadow_start",
+        tenant=t.name,
+        adapter_id=adapter.id,
+        extra={"sample_rate": body.sample_rate, "max_queries": body.max_queries},
+    )
     log.info(
         "admin %s: shadow run for tenant %s with adapter %s (sample rate %g, at most %d)",
         admin.actor,
@@ -360,5 +367,12 @@ async def stop_shadow(tenant: str, request: Request, admin: AdminDep) -> dict[st
         raise _not_running(t.name)
     if run.stopped_at is None:
         run.stopped_at = datetime.now(UTC).isoformat()
+        admin.audit.record(
+            actor=admin.actor,
+            action="shadow_stop",
+            tenant=t.name,
+            adapter_id=run.candidate.adapter.id,
+            extra={"report": run.report()},
+        )
         log.info("admin %s: stopped the shadow run of tenant %s", admin.actor, t.name)
     return run.report()

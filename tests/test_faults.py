@@ -631,3 +631,33 @@ def test_disk_full_during_activation_is_507_and_keeps_the_binding(
         r = c.put("/admin/tenants/acme/adapter", json={"adapter_id": new.id}, headers=admin)
         assert r.status_code == 200, r.text
         assert embed(c).json()["adapter"] == {"id": new.id, "version": 2}
+
+
+def test_activation_while_qdrant_is_unreachable_is_a_503_not_a_bad_adapter(
+    settings: Settings,
+    query_encoder: Encoder,
+    document_encoder: Encoder,
+    adapters_bound: dict[str, str],
+    fake_qdrant: FakeQdrant,
+    store: AdapterStore,
+) -> None:
+    s = settings.model_copy(
+        update={
+            "qdrant_url": fake_qdrant.url,
+            "qdrant_timeout_s": TIMEOUT_S,
+            "admin_token": SecretStr(ADMIN),
+        }
+    )
+    candidate = store.put(*make_linear(query_encoder, document_encoder, 11))
+    app = create_app(s, query_encoder=query_encoder, document_encoder=document_encoder)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        put = {"adapter_id": candidate.id}
+        err = assert_error(c.put("/admin/tenants/acme/adapter", json=put, headers=admin), 503,
+                           "qdrant_unavailable")  # fmt: skip
+        assert err["details"]["collection"] == "docs"
+        assert store.binding("acme").active.adapter_id == adapters_bound["acme"]  # unchanged
+        fake_qdrant.start()  # Qdrant back: the same call activates
+        r = c.put("/admin/tenants/acme/adapter", json=put, headers=admin)
+        assert r.status_code == 200, r.text
+        assert store.binding("acme").active.adapter_id == candidate.id

@@ -180,6 +180,13 @@ def test_sampling_max_queries_and_stop(shadow_client: TestClient, adapters_bound
     rep = shadow_client.get("/admin/tenants/acme/shadow", headers=admin()).json()
     assert rep["status"] == "stopped" and rep["queries_seen"] == len(QUERIES)
     assert shadow_client.delete("/admin/tenants/acme/shadow", headers=admin()).status_code == 200
+    # starts and the one real stop are in the audit log, with the stop's report
+    log = shadow_client.app.state.settings.adapter_store / "audit.log"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    actions = [(x["action"], x["adapter_id"]) for x in lines if x["action"].startswith("shadow")]
+    acme = adapters_bound["acme"]
+    assert actions == [("shadow_start", acme), ("shadow_start", acme), ("shadow_stop", acme)]
+    assert lines[-1]["report"]["status"] == "stopped"
 
 
 def test_comparison_errors_are_counted_not_raised(
