@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +200,31 @@ def client(
 
 def auth(tenant: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+@pytest.fixture
+def make_client(
+    settings: Settings,
+    query_encoder: Encoder,
+    document_encoder: Encoder,
+    gateway: QdrantGateway,
+    adapters_bound: dict[str, str],
+) -> Iterator[Callable[..., TestClient]]:
+    """Apps with settings overrides (`make_client(max_queue=1)`), closed at the end."""
+    stack: list[TestClient] = []
+
+    def make(**update: object) -> TestClient:
+        app = create_app(
+            settings.model_copy(update=update),
+            query_encoder=query_encoder,
+            document_encoder=document_encoder,
+            gateway=gateway,
+        )
+        c = TestClient(app, raise_server_exceptions=False)
+        c.__enter__()
+        stack.append(c)
+        return c
+
+    yield make
+    for c in reversed(stack):
+        c.__exit__(None, None, None)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.batcher import Batcher
 from service.embedding import EmbedOutcome, Prepared
 from service.errors import APIError
@@ -49,29 +48,6 @@ def wait_until(cond: Callable[[], bool], timeout_s: float = 30.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
-
-
-@pytest.fixture
-def make_client(
-    settings, query_encoder, document_encoder, gateway, adapters_bound
-) -> Iterator[Callable[..., TestClient]]:
-    stack: list[TestClient] = []
-
-    def make(**update: object) -> TestClient:
-        app = create_app(
-            settings.model_copy(update=update),
-            query_encoder=query_encoder,
-            document_encoder=document_encoder,
-            gateway=gateway,
-        )
-        c = TestClient(app, raise_server_exceptions=False)
-        c.__enter__()
-        stack.append(c)
-        return c
-
-    yield make
-    for c in reversed(stack):
-        c.__exit__(None, None, None)
 
 
 def block(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Blocker:
@@ -330,10 +306,11 @@ def test_a_request_whose_estimated_wait_is_too_long_gets_a_fast_429():
         running = asyncio.create_task(b.submit(FakePrep("a", ["1"], tokens_each=5), 30))  # type: ignore[arg-type]
         while not rt.batches:
             await asyncio.sleep(0.01)
-        b._s_per_token = 0.01  # as if timed: 10 ms a token
         queued = asyncio.create_task(b.submit(FakePrep("b", ["2"], tokens_each=4), 30))  # type: ignore[arg-type]
         await asyncio.sleep(0.02)
-        assert 0.04 < b.estimated_wait_s() <= 0.09  # the held batch's rest + 4 queued tokens
+        b._s_per_token = 0.02  # as if timed by now: 20 ms a token
+        # the held batch's rest (at most 5 x 20 ms) + 4 queued tokens (80 ms)
+        assert 0.08 <= b.estimated_wait_s() <= 0.18
         start = time.monotonic()
         with pytest.raises(APIError) as e:
             await b.submit(FakePrep("c", ["3"], tokens_each=6), 30)  # type: ignore[arg-type]

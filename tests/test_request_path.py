@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -34,29 +33,6 @@ def embed(client: TestClient, tenant: str, **body: Any) -> Any:
 
 def vectors(resp: Any) -> np.ndarray:
     return np.asarray([d["embedding"] for d in resp.json()["data"]], dtype=np.float32)
-
-
-@pytest.fixture
-def make_client(
-    settings, query_encoder, document_encoder, gateway, adapters_bound
-) -> Iterator[Callable[..., TestClient]]:
-    stack: list[TestClient] = []
-
-    def make(**update: object) -> TestClient:
-        app = create_app(
-            settings.model_copy(update=update),
-            query_encoder=query_encoder,
-            document_encoder=document_encoder,
-            gateway=gateway,
-        )
-        c = TestClient(app, raise_server_exceptions=False)
-        c.__enter__()
-        stack.append(c)
-        return c
-
-    yield make
-    for c in reversed(stack):
-        c.__exit__(None, None, None)
 
 
 # -- the raw query-vector cache -----------------------------------------------------------------
