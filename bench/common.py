@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 import httpx
 import numpy as np
@@ -25,47 +24,45 @@ def free_port() -> int:
 @contextmanager
 def server(env: Mapping[str, str], timeout_s: float = 180.0) -> Iterator[str]:
     """Run `querylift serve` on a loopback port with `env` added; yield its base URL."""
+    log_path = Path(env.get("QUERYLIFT_ADAPTER_STORE", ".")) / "server.log"
+    with server_process(env, log_path, timeout_s) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(
+    env: Mapping[str, str], log_path: Path, timeout_s: float = 180.0
+) -> Iterator[tuple[str, int]]:
+    """`querylift serve` on a loopback port with `env` added: yields (base URL, pid), the pid
+    for benchmarks that watch the server's memory."""
     port = free_port()
-    log_path = Path(env.get("QUERYLIFT_ADAPTER_STORE", ".")) / f"server-{port}.log"
     with open(log_path, "w") as log:
-        yield from _run(port, log, env, timeout_s)
-
-
-def _run(port: int, log: IO[str], env: Mapping[str, str], timeout_s: float) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "querylift.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "querylift.cli", "serve", "--host", "127.0.0.1", "--port",
+             str(port)],
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log.name}")
+                raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after {timeout_s}s; see {log.name}")
+                raise RuntimeError(f"server not ready after {timeout_s}s; see {log_path}")
             time.sleep(0.25)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
 

@@ -21,15 +21,10 @@ import argparse
 import asyncio
 import gzip
 import json
-import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +33,7 @@ import httpx
 import numpy as np
 
 from adapters.store import AdapterStore
-from bench.common import free_port, summary_ms
+from bench.common import server_process, summary_ms
 from bench.hotswap import random_linear
 from encoders import build_encoder
 from service.qdrant_gateway import QdrantGateway
@@ -85,42 +80,6 @@ def rss_kib(pid: int, key: str = "VmRSS") -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {key} for pid {pid}")
-
-
-@contextmanager
-def serve(
-    env: dict[str, str], log_path: Path, timeout_s: float = 300.0
-) -> Iterator[tuple[str, int]]:
-    """`querylift serve` on a loopback port with `env` added: yields (base URL, pid)."""
-    port = str(free_port())
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "querylift.cli", "serve", "--host", "127.0.0.1", "--port", port],
-            env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after {timeout_s}s; see {log_path}")
-            time.sleep(0.25)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def load_texts(max_words: int) -> tuple[list[str], list[tuple[str, str]]]:
@@ -380,7 +339,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="querylift-soak-"))
     env, queries, ids = setup(args, work)
     log_path = work / "server.log"
-    with serve(env, log_path) as (url, pid):
+    with server_process(env, log_path, timeout_s=300.0) as (url, pid):
         print(f"server pid {pid} at {url} (log {log_path})")
         run, peak = asyncio.run(drive(url, pid, args, queries, ids))
     raise SystemExit(report(run, args, peak))
