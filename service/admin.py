@@ -56,7 +56,7 @@ from service.gate import (
     parse_validation,
 )
 from service.gate import evaluate as evaluate_gate
-from service.routes import get_runtime
+from service.routes import runtime_of
 from service.runtime import Runtime, compatibility_problems
 from service.settings import Settings
 from service.tenants import Tenant
@@ -143,7 +143,7 @@ def require_admin(request: Request) -> Admin:
             "missing or wrong admin token (tenant API keys do not work on /admin)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     state = _state(request.app, runtime.settings)
     return Admin(runtime, _actor(request.headers.get("x-querylift-actor")), state.audit, state.lock)
 
