@@ -27,6 +27,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from service.batch_cost import BatchCostModel
 from service.embedding import EmbedOutcome, Prepared
 from service.errors import APIError
 from service.metrics import Metrics
@@ -68,10 +69,10 @@ class Batcher:
         self.max_wait_s = max_wait_ms / 1e3
         self.max_queue = max_queue
         self.max_queue_wait_s = max_queue_wait_ms / 1e3
-        # seconds per token of recent batches (EWMA) and the batch now running: an estimate of
-        # how long a new request would wait, so overload is refused at once (429) instead of
-        # queueing work that would blow every accepted request's latency
-        self._s_per_token: float | None = None
+        # how long recent batches took for their tokens (fixed + per-token cost) and the batch
+        # now running: an estimate of how long a new request would wait, so overload is
+        # refused at once (429) instead of queueing work that blows every accepted latency
+        self.cost = BatchCostModel()
         self._inflight_tokens = 0
         self._inflight_since = 0.0
         self.metrics = metrics
@@ -120,15 +121,16 @@ class Batcher:
 
     # -- requests ----------------------------------------------------------------------------
     def estimated_wait_s(self, extra_tokens: int = 0) -> float:
-        """Seconds until a request of `extra_tokens` tokens would be done (0 before the first
-        batch has been timed)."""
-        if self._s_per_token is None:
+        """Seconds until a request of `extra_tokens` tokens would be done: what is left of the
+        running batch, then the queue and the request in batches of at most `max_tokens`
+        (0 before the first batch has been timed)."""
+        if not self.cost.trained:
             return 0.0
         running = 0.0
         if self._inflight_tokens:
-            left = self._inflight_tokens * self._s_per_token
+            left = self.cost.seconds(self._inflight_tokens, self._inflight_tokens)
             running = max(left - (time.monotonic() - self._inflight_since), 0.0)
-        return running + (self._queued_tokens + extra_tokens) * self._s_per_token
+        return running + self.cost.seconds(self._queued_tokens + extra_tokens, self.max_tokens)
 
     def check_admission(self, tokens: int = 0) -> None:
         """429 when the queue is full or the estimated wait is past `max_queue_wait_ms`; cheap,
@@ -271,9 +273,7 @@ class Batcher:
         self._inflight_tokens, self._inflight_since = max(tokens, 1), time.monotonic()
         try:
             results = await loop.run_in_executor(self._executor, self.runtime.run_prepared, items)
-            per_token = (time.monotonic() - self._inflight_since) / max(tokens, 1)
-            old = self._s_per_token
-            self._s_per_token = per_token if old is None else 0.7 * old + 0.3 * per_token
+            self.cost.observe(tokens, time.monotonic() - self._inflight_since)
         except asyncio.CancelledError:
             err = APIError(
                 503,

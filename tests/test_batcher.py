@@ -308,7 +308,7 @@ def test_a_request_whose_estimated_wait_is_too_long_gets_a_fast_429():
             await asyncio.sleep(0.01)
         queued = asyncio.create_task(b.submit(FakePrep("b", ["2"], tokens_each=4), 30))  # type: ignore[arg-type]
         await asyncio.sleep(0.02)
-        b._s_per_token = 0.02  # as if timed by now: 20 ms a token
+        b.cost.set(per_batch=0.0, per_token=0.02)  # as if timed by now: 20 ms a token
         # the held batch's rest (at most 5 x 20 ms) + 4 queued tokens (80 ms)
         assert 0.08 <= b.estimated_wait_s() <= 0.18
         start = time.monotonic()
