@@ -75,3 +75,35 @@ def summary_ms(seconds: list[float]) -> str:
     return (
         f"p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, max {a.max():.1f} ms (n={len(a)})"
     )
+
+
+class Steal:
+    """Share of CPU time the hypervisor took from this VM (`steal` in /proc/stat) between
+    `start()` and `read()`; None where /proc/stat has no steal column (not Linux).
+
+    On a shared cloud VM, steal bursts slow a run several-fold for seconds at a time; the
+    serving benches measure it per window and leave out windows it spoiled."""
+
+    def __init__(self) -> None:
+        self._start = self._ticks()
+
+    @staticmethod
+    def _ticks() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 8:
+            return None
+        return fields[7], sum(fields[:8])
+
+    def start(self) -> Steal:
+        self._start = self._ticks()
+        return self
+
+    def read(self) -> float | None:
+        end = self._ticks()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return None
+        return (end[0] - self._start[0]) / (end[1] - self._start[1])

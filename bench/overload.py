@@ -26,9 +26,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
 
+from bench import load
 from bench.common import server
 from bench.serve import KEY, Run, build_setup, closed_loop
 
@@ -52,7 +53,7 @@ class Phase:
 
 
 async def open_loop(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     phase: Phase,
     texts: itertools.cycle[str],
     duration: float,
@@ -67,9 +68,9 @@ async def open_loop(
     async def one(text: str) -> None:
         t0 = time.perf_counter()
         try:
-            r = await client.post("/embed", json={"input": text})
-            phase.records.append((t0 - start, r.status_code, time.perf_counter() - t0))
-        except httpx.HTTPError as e:
+            status, _, _ = await load.post_json(client, "/embed", {"input": text})
+            phase.records.append((t0 - start, status, time.perf_counter() - t0))
+        except (aiohttp.ClientError, TimeoutError) as e:
             phase.errors.append(type(e).__name__)
 
     next_at = start
@@ -83,15 +84,15 @@ async def open_loop(
 
 
 async def probe_health(url: str, stop: asyncio.Event, out: list[float], fails: list[str]) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=1.0) as client:
+    async with load.session(url, None, 2, 1.0) as client:
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                r = await client.get("/healthz")
-                if r.status_code != 200:
-                    fails.append(str(r.status_code))
+                status = await load.get(client, "/healthz")
+                if status != 200:
+                    fails.append(str(status))
                 out.append(time.perf_counter() - t0)
-            except httpx.HTTPError as e:
+            except (aiohttp.ClientError, TimeoutError) as e:
                 fails.append(type(e).__name__)
             await asyncio.sleep(0.05)
 
@@ -132,10 +133,7 @@ async def main_async(args: argparse.Namespace) -> int:
             f"{args.queue_wait_ms:g} ms",
             flush=True,
         )
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
-        async with httpx.AsyncClient(
-            base_url=url, timeout=60, limits=limits, headers={"Authorization": f"Bearer {KEY}"}
-        ) as client:
+        async with load.session(url, KEY, 1024, 60) as client:
             unloaded = Phase("unloaded", rate)
             await open_loop(client, unloaded, texts, args.phase, args.max_requests, 1)
             stop = asyncio.Event()
