@@ -169,18 +169,29 @@ async def _embed(
     # merged with concurrent requests into one encoder batch; the outcome's timings carry
     # the queue wait (`queue` in Server-Timing). A client that disconnects while queued has
     # its rows dropped before its batch starts.
-    work = asyncio.ensure_future(batcher.submit(prep, runtime.settings.request_timeout_s))
+    # One watcher task per request (not two tasks and an asyncio.wait: this is the hot path):
+    # when the client goes away while the request waits, it cancels this task, and so the
+    # queued future, which the batcher then skips.
+    me = asyncio.current_task()
+    waiting = True
+
+    def on_gone(t: asyncio.Task[None]) -> None:
+        if waiting and not t.cancelled() and me is not None:
+            me.cancel()
+
     gone = asyncio.ensure_future(_until_disconnect(request))
+    gone.add_done_callback(on_gone)
     try:
-        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not work.done():
-            work.cancel()
-    if not work.done() or work.cancelled():
+        return await batcher.submit(prep, runtime.settings.request_timeout_s)
+    except asyncio.CancelledError:
+        if me is None or not gone.done() or gone.cancelled():
+            raise  # cancelled from elsewhere (shutdown): not a disconnect
+        me.uncancel()
         runtime.metrics.rejected.labels("disconnected").inc()
-        raise APIError(499, "client_closed_request", "the client closed the connection")
-    return work.result()
+        raise APIError(499, "client_closed_request", "the client closed the connection") from None
+    finally:
+        waiting = False
+        gone.cancel()
 
 
 @router.post("/embed", response_model=EmbedResponse)
