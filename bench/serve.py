@@ -398,8 +398,14 @@ async def main_async(args: argparse.Namespace) -> int:
                 )
                 print(rows[-1], flush=True)
         for c in levels:
-            run = Run("/search", c, 1)
-            await closed_loop(url, run, texts, args.duration, args.max_requests, "/search")
+            for attempt in range(args.max_rounds):  # the first window free of steal
+                run = Run("/search", c, 1)
+                steal = Steal()
+                await closed_loop(url, run, texts, args.duration, args.max_requests, "/search")
+                stolen = steal.read()
+                if stolen is None or stolen <= args.max_steal:
+                    break
+                print(f"  /search c={c}: window {attempt + 1} left out (steal {_pct(stolen)})")
             split = {
                 k: float(np.mean([t.get(k, 0.0) for t in run.timings]))
                 for k in ("encode", "adapt", "search")
