@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 InputKind = Literal["query", "document"]
 # one instruction for every row, or one per row (None = the spec's default)
@@ -53,7 +53,9 @@ class EncoderSpec(BaseModel):
     threads: int | None = Field(default=None, gt=0)
     # openai_http: an OpenAI-compatible /v1/embeddings upstream (path = a local tokenizer folder)
     url: str | None = Field(default=None, description="openai_http: upstream base URL (…/v1)")
-    api_key: str | None = Field(default=None, description="openai_http: upstream API key")
+    api_key: SecretStr | None = Field(
+        default=None, description="openai_http: upstream API key (never logged or echoed)"
+    )
     upstream_model: str | None = Field(
         default=None, description="openai_http: model name sent upstream (default: name)"
     )

@@ -131,7 +131,7 @@ class OpenAIHTTPEncoder(EncoderBase):
 
         headers = {"User-Agent": "querylift-openai-http"}
         if spec.api_key:
-            headers["Authorization"] = f"Bearer {spec.api_key}"
+            headers["Authorization"] = f"Bearer {spec.api_key.get_secret_value()}"
         self._client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(spec.timeout_s),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import httpx
+from pydantic import SecretStr
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -92,7 +93,7 @@ class QdrantGateway:
         *,
         url: str | None = None,
         path: str | None = None,
-        api_key: str | None = None,
+        api_key: SecretStr | str | None = None,
         timeout_s: float = 10.0,
         metrics: Metrics | None = None,
     ) -> None:
@@ -100,7 +101,8 @@ class QdrantGateway:
         if url:
             # qdrant-client rounds its timeout up to whole seconds; the HTTP client underneath
             # then gets the exact value (every call: searches, collection lookups, pings)
-            self.client = QdrantClient(url=url, api_key=api_key, timeout=math.ceil(timeout_s))
+            key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+            self.client = QdrantClient(url=url, api_key=key, timeout=math.ceil(timeout_s))
             self._set_http_timeout(timeout_s)
             self.local = False
         else:

@@ -102,7 +102,9 @@ class Settings(BaseSettings):
     qdrant_path: Path = Field(
         default=Path("var/qdrant"), description="Folder of the embedded (local-mode) Qdrant."
     )
-    qdrant_api_key: str | None = Field(default=None, description="API key for a Qdrant server.")
+    qdrant_api_key: SecretStr | None = Field(
+        default=None, description="API key for a Qdrant server (never logged or echoed)."
+    )
     qdrant_timeout_s: float = Field(
         default=10.0,
         gt=0,

@@ -428,3 +428,18 @@ def test_cors_when_origins_are_configured(make_client: Callable[..., TestClient]
     # an error answer carries them too, so a browser app can read it
     e = c.post("/embed", json={"input": []}, headers={**auth("acme"), "Origin": ORIGIN})
     assert e.status_code == 422 and e.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_upstream_secrets_never_show_in_a_repr_or_dump() -> None:
+    """The Qdrant API key and the openai_http upstream key are SecretStr: settings and encoder
+    specs get logged and dumped (manifests, /admin), the keys must not come with them."""
+    from encoders import EncoderSpec
+    from service.settings import Settings
+
+    spec = EncoderSpec(name="up", path="tok", backend="openai_http", api_key="sk-upstream-123")
+    settings = Settings(qdrant_api_key="qdrant-secret-456")
+    for text in (repr(spec), spec.model_dump_json(), repr(settings), settings.model_dump_json()):
+        assert "sk-upstream-123" not in text and "qdrant-secret-456" not in text
+    assert spec.api_key is not None and spec.api_key.get_secret_value() == "sk-upstream-123"
+    assert settings.qdrant_api_key is not None
+    assert settings.qdrant_api_key.get_secret_value() == "qdrant-secret-456"
