@@ -16,9 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from encoders import Encoder
-from service.app import create_app
 from service.middleware import BodyLimitMiddleware
-from service.qdrant_gateway import QdrantGateway
 from service.schemas import MAX_FILTER_DEPTH
 from service.settings import Settings
 from tests.conftest import auth, make_linear
@@ -36,31 +34,6 @@ def assert_error(resp: httpx.Response, status: int, code: str) -> dict:
     assert body["error"]["message"]
     assert resp.headers["x-request-id"]
     return body["error"]
-
-
-@pytest.fixture
-def make_client(
-    settings: Settings,
-    query_encoder: Encoder,
-    document_encoder: Encoder,
-    gateway: QdrantGateway,
-    adapters_bound: dict[str, str],
-) -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def make(**overrides: object) -> TestClient:
-        s = settings.model_copy(update=overrides)
-        app = create_app(
-            s, query_encoder=query_encoder, document_encoder=document_encoder, gateway=gateway
-        )
-        c = TestClient(app, raise_server_exceptions=False)
-        c.__enter__()
-        clients.append(c)
-        return c
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -21,11 +21,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from encoders import Encoder
 from querylift.cli import app as cli
 from service import logs, tenants
-from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
 from service.ratelimit import TokenBucketLimiter
 from service.settings import Settings
 from service.tenants import Tenant, TenantRegistry, hash_key
@@ -40,31 +37,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def make_client(
-    settings: Settings,
-    query_encoder: Encoder,
-    document_encoder: Encoder,
-    gateway: QdrantGateway,
-    adapters_bound: dict[str, str],
-) -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def make(**overrides: Any) -> TestClient:
-        s = settings.model_copy(update=overrides)
-        app = create_app(
-            s, query_encoder=query_encoder, document_encoder=document_encoder, gateway=gateway
-        )
-        c = TestClient(app, raise_server_exceptions=False)
-        c.__enter__()
-        clients.append(c)
-        return c
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
 
 
 def assert_error(resp, status: int, code: str) -> dict:
