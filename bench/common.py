@@ -107,3 +107,10 @@ class Steal:
         if self._start is None or end is None or end[1] <= self._start[1]:
             return None
         return (end[0] - self._start[0]) / (end[1] - self._start[1])
+
+
+def verdict(checks: dict[str, bool]) -> int:
+    """Print a PASS/FAIL line per check; the exit status (1 when one failed)."""
+    for name, ok in checks.items():
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
+    return 0 if all(checks.values()) else 1

@@ -31,7 +31,7 @@ import aiohttp
 import numpy as np
 
 from bench import load
-from bench.common import Steal, server
+from bench.common import Steal, server, verdict
 from bench.serve import KEY, Run, build_setup, closed_loop
 
 
@@ -180,9 +180,7 @@ async def main_async(args: argparse.Namespace) -> int:
         "no other status, no client error": not over.errors
         and all(s in (200, 429) for ph in (unloaded, over, after) for _, s, _ in ph.records),
     }
-    for name, ok in checks.items():
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
-    return 0 if all(checks.values()) else 1
+    return verdict(checks)
 
 
 def main() -> None:

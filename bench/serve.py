@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters import Adapter
 from adapters.store import AdapterStore
 from bench import load
-from bench.common import Steal, server
+from bench.common import Steal, server, verdict
 from bench.hotswap import random_linear
 from encoders import Encoder, build_encoder
 from querylift.indexing import index_documents
@@ -467,9 +467,7 @@ async def main_async(args: argparse.Namespace) -> int:
     if e_tot > 0:
         checks[f"adapter apply {100 * a_tot / e_tot:.2f}% of encode < 2%"] = a_tot < 0.02 * e_tot
     print()
-    for name, ok in checks.items():
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
-    return 0 if all(checks.values()) else 1
+    return verdict(checks)
 
 
 def main() -> None:

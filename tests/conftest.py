@@ -25,6 +25,8 @@ from service.tenants import hash_key
 from tests.tiny_models import build_tiny_bert, build_tiny_qwen3
 from training.data import Document
 
+REPO = Path(__file__).resolve().parents[1]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -228,3 +230,29 @@ def make_client(
     yield make
     for c in reversed(stack):
         c.__exit__(None, None, None)
+
+
+def server_env(query_spec: EncoderSpec, doc_spec: EncoderSpec, **env: str) -> dict[str, str]:
+    """Environment for a `querylift serve` (or bench) subprocess on the tiny models: no
+    inherited QUERYLIFT_* setting, offline, this checkout importable; `env` added last."""
+    out = {k: v for k, v in os.environ.items() if not k.upper().startswith("QUERYLIFT_")}
+    pythonpath = [str(REPO), *filter(None, out.get("PYTHONPATH", "").split(os.pathsep))]
+    out.update(
+        {
+            "PYTHONPATH": os.pathsep.join(pythonpath),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "QUERYLIFT_QUERY_ENCODER__NAME": query_spec.name,
+            "QUERYLIFT_QUERY_ENCODER__PATH": query_spec.path,
+            "QUERYLIFT_QUERY_ENCODER__POOLING": query_spec.pooling.value,
+            "QUERYLIFT_QUERY_ENCODER__QUERY_TEMPLATE": query_spec.query_template,
+            "QUERYLIFT_QUERY_ENCODER__DEFAULT_INSTRUCTION": query_spec.default_instruction,
+            "QUERYLIFT_QUERY_ENCODER__MAX_TOKENS": str(query_spec.max_tokens),
+            "QUERYLIFT_DOCUMENT_ENCODER__NAME": doc_spec.name,
+            "QUERYLIFT_DOCUMENT_ENCODER__PATH": doc_spec.path,
+            "QUERYLIFT_DOCUMENT_ENCODER__MAX_TOKENS": str(doc_spec.max_tokens),
+            **env,
+        }
+    )
+    return out

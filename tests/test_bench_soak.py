@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from encoders import EncoderSpec
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import server_env
 
 
 def test_short_soak_with_tiny_models_reports_zero_unexpected_errors(
     tmp_path: Path, query_spec: EncoderSpec, doc_spec: EncoderSpec
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("QUERYLIFT_")}
-    env.update(
-        {
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TMPDIR": str(tmp_path),  # the bench's work folder (store, Qdrant, server log)
-            "QUERYLIFT_QUERY_ENCODER__NAME": query_spec.name,
-            "QUERYLIFT_QUERY_ENCODER__PATH": query_spec.path,
-            "QUERYLIFT_QUERY_ENCODER__POOLING": query_spec.pooling.value,
-            "QUERYLIFT_QUERY_ENCODER__QUERY_TEMPLATE": query_spec.query_template,
-            "QUERYLIFT_QUERY_ENCODER__DEFAULT_INSTRUCTION": query_spec.default_instruction,
-            "QUERYLIFT_QUERY_ENCODER__MAX_TOKENS": str(query_spec.max_tokens),
-            "QUERYLIFT_DOCUMENT_ENCODER__NAME": doc_spec.name,
-            "QUERYLIFT_DOCUMENT_ENCODER__PATH": doc_spec.path,
-            "QUERYLIFT_DOCUMENT_ENCODER__MAX_TOKENS": str(doc_spec.max_tokens),
-        }
-    )
+    # TMPDIR: the bench's work folder (store, Qdrant, server log)
+    env = server_env(query_spec, doc_spec, TMPDIR=str(tmp_path))
     args = ["--duration", "6", "--rate", "5", "--warmup", "2", "--window", "3"]
     args += ["--docs", "30", "--swap-every", "1", "--max-query-words", "12"]
     args += ["--max-rss-growth-pct", "100"]  # seconds of tiny-model load: growth is noise here

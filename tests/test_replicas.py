@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -30,10 +29,9 @@ from service.qdrant_gateway import QdrantGateway
 from service.replica_sync import ReplicaSync
 from service.runtime import Bound
 from service.settings import Settings
-from tests.conftest import auth, make_linear
+from tests.conftest import auth, make_linear, server_env
 from tests.live import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 TEXTS = ["what causes malaria", "the mosquito is the vector of malaria"]
 CONVERGENCE_BOUND_S = 2.0  # the bound; the default 0.5 s interval gives about 1 s
 SYNC_INTERVAL_S = 0.5  # the default, set explicitly so the test does not drift with it
@@ -63,31 +61,15 @@ def _replica_env(
     store_root: Path,
     qdrant_path: Path,
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("QUERYLIFT_")}
-    pythonpath = [str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env.update(
-        {
-            "PYTHONPATH": os.pathsep.join(pythonpath),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-            "QUERYLIFT_LOG_LEVEL": "info",
-            "QUERYLIFT_QUERY_ENCODER__NAME": query_spec.name,
-            "QUERYLIFT_QUERY_ENCODER__PATH": query_spec.path,
-            "QUERYLIFT_QUERY_ENCODER__POOLING": query_spec.pooling.value,
-            "QUERYLIFT_QUERY_ENCODER__QUERY_TEMPLATE": query_spec.query_template,
-            "QUERYLIFT_QUERY_ENCODER__DEFAULT_INSTRUCTION": query_spec.default_instruction,
-            "QUERYLIFT_QUERY_ENCODER__MAX_TOKENS": str(query_spec.max_tokens),
-            "QUERYLIFT_DOCUMENT_ENCODER__NAME": doc_spec.name,
-            "QUERYLIFT_DOCUMENT_ENCODER__PATH": doc_spec.path,
-            "QUERYLIFT_DOCUMENT_ENCODER__MAX_TOKENS": str(doc_spec.max_tokens),
-            "QUERYLIFT_TENANTS_FILE": str(tenants_file),
-            "QUERYLIFT_ADAPTER_STORE": str(store_root),
-            "QUERYLIFT_ADAPTER_SYNC_INTERVAL_S": str(SYNC_INTERVAL_S),
-            "QUERYLIFT_QDRANT_PATH": str(qdrant_path),  # local mode: one process per folder
-        }
+    return server_env(
+        query_spec,
+        doc_spec,
+        QUERYLIFT_LOG_LEVEL="info",
+        QUERYLIFT_TENANTS_FILE=str(tenants_file),
+        QUERYLIFT_ADAPTER_STORE=str(store_root),
+        QUERYLIFT_ADAPTER_SYNC_INTERVAL_S=str(SYNC_INTERVAL_S),
+        QUERYLIFT_QDRANT_PATH=str(qdrant_path),  # local mode: one process per folder
     )
-    return env
 
 
 class Replicas:

@@ -8,7 +8,6 @@ in the batcher for that long, so it is reliably in flight when the signal arrive
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -28,10 +27,9 @@ from service.app import create_app
 from service.qdrant_gateway import QdrantGateway
 from service.settings import Settings
 from service.shutdown import cutoff_s
-from tests.conftest import auth
+from tests.conftest import auth, server_env
 from tests.live import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 TEXTS = ["what causes malaria", "the heart of mice"]
 READY_TIMEOUT_S = 90.0
 SLACK_S = 4.0  # process teardown and scheduling on 2 shared cores
@@ -108,30 +106,15 @@ def _env(
     tmp_path: Path,
     **extra: str,
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("QUERYLIFT_")}
-    env.update(
-        {
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-            "QUERYLIFT_LOG_LEVEL": "info",
-            "QUERYLIFT_QUERY_ENCODER__NAME": query_spec.name,
-            "QUERYLIFT_QUERY_ENCODER__PATH": query_spec.path,
-            "QUERYLIFT_QUERY_ENCODER__POOLING": query_spec.pooling.value,
-            "QUERYLIFT_QUERY_ENCODER__QUERY_TEMPLATE": query_spec.query_template,
-            "QUERYLIFT_QUERY_ENCODER__DEFAULT_INSTRUCTION": query_spec.default_instruction,
-            "QUERYLIFT_QUERY_ENCODER__MAX_TOKENS": str(query_spec.max_tokens),
-            "QUERYLIFT_DOCUMENT_ENCODER__NAME": doc_spec.name,
-            "QUERYLIFT_DOCUMENT_ENCODER__PATH": doc_spec.path,
-            "QUERYLIFT_DOCUMENT_ENCODER__MAX_TOKENS": str(doc_spec.max_tokens),
-            "QUERYLIFT_TENANTS_FILE": str(tenants_file),
-            "QUERYLIFT_ADAPTER_STORE": str(tmp_path / "store"),
-            "QUERYLIFT_QDRANT_PATH": str(tmp_path / "qdrant"),
-            **{f"QUERYLIFT_{k.upper()}": v for k, v in extra.items()},
-        }
+    return server_env(
+        query_spec,
+        doc_spec,
+        QUERYLIFT_LOG_LEVEL="info",
+        QUERYLIFT_TENANTS_FILE=str(tenants_file),
+        QUERYLIFT_ADAPTER_STORE=str(tmp_path / "store"),
+        QUERYLIFT_QDRANT_PATH=str(tmp_path / "qdrant"),
+        **{f"QUERYLIFT_{k.upper()}": v for k, v in extra.items()},
     )
-    return env
 
 
 @pytest.fixture
