@@ -148,14 +148,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        # runs outside the request middleware (Starlette's outermost layer): name the request
-        # from its scope, in the log line and in the response
-        rid = getattr(request.state, "request_id", None)
-        log.exception(
-            "unhandled error on %s %s",
-            request.method,
-            request.url.path,
-            extra={"request_id": rid, "tenant": getattr(request.state, "tenant", None)},
-        )
-        headers = {REQUEST_ID_HEADER: rid} if rid else None
-        return error_response(500, "internal_error", "internal server error", headers=headers)
+        return internal_error(request, exc)
+
+
+def internal_error(request: Request, exc: BaseException) -> JSONResponse:
+    """A 500 for a fault (a bug, not bad input): logged with its traceback, answered in the
+    one shape. The handler runs outside the request middleware (Starlette's outermost layer),
+    so the request is named from its scope, in the log line and in the response."""
+    rid = getattr(request.state, "request_id", None)
+    log.error(
+        "unhandled error on %s %s",
+        request.method,
+        request.url.path,
+        exc_info=exc,
+        extra={"request_id": rid, "tenant": getattr(request.state, "tenant", None)},
+    )
+    headers = {REQUEST_ID_HEADER: rid} if rid else None
+    return error_response(500, "internal_error", "internal server error", headers=headers)

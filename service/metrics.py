@@ -155,6 +155,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.fast_path = Counter(
+            "querylift_fast_path",
+            "Embed requests by who answered them: served by the fast path (service/fastpath.py) "
+            "or handed over to the full app (bad input, unknown key, draining, CORS).",
+            ["outcome"],
+            registry=r,
+        )
         self.batch_tokens = Histogram(
             "querylift_batch_tokens",
             "Tokens (encoder counts, after any cut) per batch run by the batcher.",

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs
 from service.errors import REQUEST_ID_HEADER, HTTPAPIError, error_response
+from service.fastpath import FastPath
 from service.metrics import Metrics
 from service.ratelimit import TokenBucketLimiter
 from service.settings import Settings
@@ -182,7 +183,8 @@ BODY_LIMIT_EXEMPT = frozenset({"/admin/adapters"})
 
 def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     """The layers around the routes, outermost first: request context (id, logs, metrics),
-    CORS (only when origins are configured), body limit. Also the per-tenant rate limiter,
+    the embed fast path (service/fastpath.py), CORS (only when origins are configured), body
+    limit. Also the per-tenant rate limiter,
     which the auth dependency spends (service/ratelimit.py)."""
     app.state.rate_limiter = TokenBucketLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     # add_middleware puts each new layer outside the previous ones
@@ -197,5 +199,14 @@ def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> No
             allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
             expose_headers=[REQUEST_ID_HEADER, "Server-Timing", "Retry-After"],
             max_age=600,
+        )
+    if settings.fast_path:
+        # inside the request context (ids, logs, metrics), outside everything else: what it
+        # does not serve itself it hands to the layers below, unread
+        app.add_middleware(
+            FastPath,
+            max_body_bytes=settings.max_body_bytes,
+            cors=bool(settings.cors_origins),
+            metrics=metrics,
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access=settings.access_log)

@@ -203,6 +203,11 @@ class Settings(BaseSettings):
         "empty = CORS off (no CORS headers).",
     )
 
+    fast_path: bool = Field(
+        default=True,
+        description="Serve well-formed /embed and /v1/embeddings requests without FastAPI's "
+        "routing layers (about 0.6 ms less per request); anything else takes the full app.",
+    )
     batch_max_items: int = Field(
         default=64, gt=0, description="Most texts in one encoder batch (requests are merged)."
     )
