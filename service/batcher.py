@@ -190,9 +190,10 @@ class Batcher:
         self.metrics.queue_depth.set(self._queued_texts)
         self._wake.set()
         try:
-            # wait_for cancels the future on timeout or when the client goes away, so a
-            # batch that has not started yet skips the item
-            out = await asyncio.wait_for(pending.future, timeout_s)
+            # the deadline (or the client going away) cancels this task and so the future:
+            # a batch that has not started yet skips the item
+            async with asyncio.timeout(timeout_s):
+                out = await pending.future
         except TimeoutError:
             self.metrics.rejected.labels("timeout").inc()
             raise APIError(
@@ -258,22 +259,22 @@ class Batcher:
     async def _execute(self, batch: list[_Pending]) -> None:
         assert self._executor is not None
         now = time.monotonic()
-        m = self.metrics
         for p in batch:
             p.wait_s = now - p.enqueued
-            m.queue_wait.observe(p.wait_s)
-        m.batch_size.observe(sum(p.texts for p in batch))
-        m.batch_tokens.observe(sum(p.tokens for p in batch))
-        m.batch_requests.observe(len(batch))
-        self.batches += 1
-        items = [p.item for p in batch]
-        loop = asyncio.get_running_loop()
-        results: list[EmbedOutcome | APIError]
         tokens = sum(p.tokens for p in batch)
-        self._inflight_tokens, self._inflight_since = max(tokens, 1), time.monotonic()
+        self._inflight_tokens, self._inflight_since = max(tokens, 1), now
+        loop = asyncio.get_running_loop()
+        # the worker starts now; the bookkeeping is done while it runs, and once it is back
+        # the results go out before anything else: both off the request's critical path
+        work = loop.run_in_executor(
+            self._executor, self.runtime.run_prepared, [p.item for p in batch]
+        )
+        self._observe(batch, tokens)
+        results: list[EmbedOutcome | APIError]
+        elapsed = None
         try:
-            results = await loop.run_in_executor(self._executor, self.runtime.run_prepared, items)
-            self.cost.observe(tokens, time.monotonic() - self._inflight_since)
+            results = await work
+            elapsed = time.monotonic() - now
         except asyncio.CancelledError:
             err = APIError(
                 503,
@@ -304,6 +305,17 @@ class Batcher:
                 p.future.set_exception(r)
             else:
                 p.future.set_result(r)
+        if elapsed is not None:
+            self.cost.observe(tokens, elapsed)
+
+    def _observe(self, batch: list[_Pending], tokens: int) -> None:
+        m = self.metrics
+        for p in batch:
+            m.queue_wait.observe(p.wait_s)
+        m.batch_size.observe(sum(p.texts for p in batch))
+        m.batch_tokens.observe(tokens)
+        m.batch_requests.observe(len(batch))
+        self.batches += 1
 
     def _fail_queued(self, err: APIError) -> None:
         while self._queue:
