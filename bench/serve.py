@@ -203,6 +203,7 @@ class Paired:
 
     service_ms: list[float] = field(default_factory=list)
     direct_ms: list[float] = field(default_factory=list)
+    service_first: list[bool] = field(default_factory=list)  # the order within each pair
     blocks: int = 0
     dropped_blocks: int = 0  # spoiled by steal
 
@@ -217,6 +218,16 @@ class Paired:
     def paired_median_ms(self) -> float:
         return float(np.median(np.subtract(self.service_ms, self.direct_ms)))
 
+    def paired_median_by_order(self, service_first: bool) -> float:
+        """Median of (service - in-process) over the pairs in one order: the two agree when
+        neither measurement disturbs the next."""
+        diffs = [
+            a - b
+            for a, b, first in zip(self.service_ms, self.direct_ms, self.service_first, strict=True)
+            if first == service_first
+        ]
+        return float(np.median(diffs)) if diffs else float("nan")
+
 
 async def paired_latency(
     url: str,
@@ -226,11 +237,16 @@ async def paired_latency(
     max_samples: int,
     max_steal: float,
     block: int = 20,
+    quiet_s: float = 0.02,
 ) -> Paired:
     """Concurrency 1: each text once through the service and once through `encoder.encode`
-    in this process, back to back, the order alternating. Blocks of `block` pairs during
-    which the hypervisor stole more than `max_steal` of the CPU are left out. Bounded in time
-    and count."""
+    in this process, the order alternating. Blocks of `block` pairs during which the
+    hypervisor stole more than `max_steal` of the CPU are left out. Bounded in time and count.
+
+    Each measurement starts `quiet_s` after the previous one ended: torch's OpenMP workers
+    spin for a few ms after a forward pass (about 6 ms of one core on the 2-core dev VM), and
+    back to back, the spinning process slowed the other one's encode by ~4 ms, whichever
+    went second."""
     out = Paired()
     stop_at = time.perf_counter() + budget_s
     async with load.session(url, KEY, 2, 120) as client:
@@ -243,6 +259,7 @@ async def paired_latency(
             steal = Steal()
             for i, text in enumerate(chunk):
                 for step in (0, 1) if i % 2 == 0 else (1, 0):
+                    await asyncio.sleep(quiet_s)
                     t0 = time.perf_counter()
                     if step == 0:
                         status, _, _ = await load.post_json(client, "/embed", {"input": [text]})
@@ -259,6 +276,7 @@ async def paired_latency(
                 continue
             out.service_ms += service
             out.direct_ms += direct
+            out.service_first += [i % 2 == 0 for i in range(len(chunk))]
     return out
 
 
@@ -374,7 +392,9 @@ async def main_async(args: argparse.Namespace) -> int:
             f"/embed x1   c=1   single text, {len(paired.service_ms)} paired samples: service "
             f"p50 {paired.p50(paired.service_ms):.1f} ms, in-process encode p50 "
             f"{paired.p50(paired.direct_ms):.1f} ms: +{paired.overhead_ms:.2f} ms "
-            f"(median of pairs {paired.paired_median_ms:+.2f} ms; {paired.dropped_blocks} of "
+            f"(median of pairs {paired.paired_median_ms:+.2f} ms: "
+            f"{paired.paired_median_by_order(True):+.2f} with the service first, "
+            f"{paired.paired_median_by_order(False):+.2f} second; {paired.dropped_blocks} of "
             f"{paired.blocks} blocks of 20 left out for steal)"
         )
         print(rows[-1], flush=True)

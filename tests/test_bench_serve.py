@@ -48,9 +48,15 @@ def test_with_no_quiet_round_the_median_is_over_all_rounds() -> None:
 
 
 def test_paired_overhead_is_the_difference_of_medians() -> None:
-    p = Paired(service_ms=[60.0, 62.0, 70.0], direct_ms=[57.0, 58.0, 90.0])
+    p = Paired(
+        service_ms=[60.0, 62.0, 70.0],
+        direct_ms=[57.0, 58.0, 90.0],
+        service_first=[True, False, True],
+    )
     assert p.overhead_ms == pytest.approx(62.0 - 58.0)
     assert p.paired_median_ms == pytest.approx(3.0)
+    assert p.paired_median_by_order(True) == pytest.approx((3.0 - 20.0) / 2)
+    assert p.paired_median_by_order(False) == pytest.approx(4.0)
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="no /proc/stat")
