@@ -1,5 +1,5 @@
-"""The hot path: well-formed JSON POSTs to /embed and /v1/embeddings, served without
-FastAPI's routing, dependency solving and body handling.
+"""The hot path: well-formed JSON POSTs to /embed, /v1/embeddings and /search, served
+without FastAPI's routing, dependency solving and body handling.
 
 Why: at concurrency 1 a query's latency is the encoder's plus what the service adds, and
 on the 2-core dev VM FastAPI's layers were the largest part of that addition (about 0.6 ms
@@ -11,7 +11,7 @@ a JSON body within the size limit that parses and validates, no CORS preflight t
 not draining. Anything else is handed, body replayed, to the full app, so every answer that
 can be told before work starts (401, 400, 413, 415, 422, 503) has one source: the FastAPI
 routes and handlers. Past that point both paths run the same functions
-(`routes.embed_response`, `routes.openai_response`), and an `APIError` raised there is
+(`routes.embed_response`, `openai_response`, `search_response`), and an `APIError` raised there is
 rendered by the same `error_response`. `QUERYLIFT_FAST_PATH=false` turns it off.
 """
 
@@ -33,7 +33,7 @@ from service.errors import APIError, error_response, internal_error
 from service.metrics import Metrics
 from service.ratelimit import admit
 from service.runtime import Runtime
-from service.schemas import EmbedRequest, OpenAIEmbeddingsRequest
+from service.schemas import EmbedRequest, OpenAIEmbeddingsRequest, SearchRequest
 from service.tenants import Tenant
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ Handler = Callable[[Request, Runtime, Batcher, Tenant, Any], Awaitable[Response]
 HANDLERS: dict[str, tuple[type[BaseModel], Handler]] = {
     "/embed": (EmbedRequest, routes.embed_response),
     "/v1/embeddings": (OpenAIEmbeddingsRequest, routes.openai_response),
+    "/search": (SearchRequest, routes.search_response),
 }
 
 

@@ -157,8 +157,8 @@ class Metrics:
         )
         self.fast_path = Counter(
             "querylift_fast_path",
-            "Embed requests by who answered them: served by the fast path (service/fastpath.py) "
-            "or handed over to the full app (bad input, unknown key, draining, CORS).",
+            "Requests to /embed, /v1/embeddings and /search by who answered them: the fast path "
+            "(service/fastpath.py) or the full app (bad input, unknown key, draining, CORS).",
             ["outcome"],
             registry=r,
         )

@@ -297,7 +297,7 @@ async def openai_response(
 
 
 # The routes document the API (request and response models in OpenAPI) and serve whatever
-# the fast path hands over; both answer through the functions above.
+# the fast path (service/fastpath.py) hands over; both answer through the *_response functions.
 @router.post("/embed", response_model=EmbedResponse)
 async def embed(
     request: Request,
@@ -320,14 +320,10 @@ async def openai_embeddings(
     return await openai_response(request, runtime, batcher, tenant, body)
 
 
-@router.post("/search", response_model=SearchResponse)
-async def search(
-    request: Request,
-    body: SearchRequest,
-    runtime: RuntimeDep,
-    batcher: BatcherDep,
-    tenant: TenantDep,
+async def search_response(
+    request: Request, runtime: Runtime, batcher: Batcher, tenant: Tenant, body: SearchRequest
 ) -> Response:
+    """POST /search once the request is known good (the route and the fast path)."""
     client_filter = None
     if body.filter is not None:
         try:
@@ -377,6 +373,17 @@ async def search(
         timings_ms={k: round(v, 3) for k, v in timings.items() if k in _BODY_TIMINGS},
     )
     return _json_response(result.model_dump_json().encode(), out, timings)
+
+
+@router.post("/search", response_model=SearchResponse)
+async def search(
+    request: Request,
+    body: SearchRequest,
+    runtime: RuntimeDep,
+    batcher: BatcherDep,
+    tenant: TenantDep,
+) -> Response:
+    return await search_response(request, runtime, batcher, tenant, body)
 
 
 @router.get("/healthz")

@@ -205,8 +205,9 @@ class Settings(BaseSettings):
 
     fast_path: bool = Field(
         default=True,
-        description="Serve well-formed /embed and /v1/embeddings requests without FastAPI's "
-        "routing layers (about 0.6 ms less per request); anything else takes the full app.",
+        description="Serve well-formed /embed, /v1/embeddings and /search requests without "
+        "FastAPI's routing layers (about 0.6 ms less per request); anything else takes the "
+        "full app.",
     )
     batch_max_items: int = Field(
         default=64, gt=0, description="Most texts in one encoder batch (requests are merged)."
