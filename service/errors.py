@@ -47,6 +47,10 @@ class APIError(Exception):
         self.details = details
         self.headers = headers
 
+    def response(self) -> JSONResponse:
+        """This error in the one shape (the handler's and the fast path's answer)."""
+        return error_response(self.status, self.code, self.message, self.details, self.headers)
+
 
 class HTTPAPIError(StarletteHTTPException):
     """An APIError for code that runs where FastAPI only lets HTTPExceptions through as they
@@ -116,7 +120,7 @@ def _json_error(exc: BaseException | None) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

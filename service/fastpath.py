@@ -17,7 +17,6 @@ rendered by the same `error_response`. `QUERYLIFT_FAST_PATH=false` turns it off.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,14 +28,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import routes
 from service.batcher import Batcher
-from service.errors import APIError, error_response, internal_error
+from service.errors import APIError, internal_error
 from service.metrics import Metrics
 from service.ratelimit import admit
 from service.runtime import Runtime
 from service.schemas import EmbedRequest, OpenAIEmbeddingsRequest, SearchRequest
 from service.tenants import Tenant
-
-log = logging.getLogger(__name__)
 
 Handler = Callable[[Request, Runtime, Batcher, Tenant, Any], Awaitable[Response]]
 
@@ -97,33 +94,22 @@ class FastPath:
         batcher: Batcher | None = state.batcher
         drain = getattr(state, "drain", None)
         length = self._plain_length(scope)
-        if runtime is None or batcher is None or (drain is not None and drain.active):
-            length = None
-        if length is None:
+        if length is None or runtime is None or batcher is None or (drain and drain.active):
             await self.app(scope, receive, send)
             return False
         body, seen = await self._read_body(receive, length)
-        rest = _replay(seen, receive)
-        if body is None:
-            await self.app(scope, rest, send)
-            return False
         request = Request(scope, receive)  # the body is read: only a disconnect is left
-        tenant = routes.tenant_of(request, runtime)
-        parsed = None
-        if tenant is not None:
-            try:
-                parsed = model.model_validate(orjson.loads(body))
-            except (orjson.JSONDecodeError, ValidationError):
-                parsed = None
-        if parsed is None:
-            await self.app(scope, rest, send)
+        tenant = routes.tenant_of(request, runtime) if body is not None else None
+        parsed = _parse(model, body) if body is not None and tenant is not None else None
+        if tenant is None or parsed is None:
+            await self.app(scope, _replay(seen, receive), send)
             return False
         scope["route"] = self.routes[scope["path"]]
         try:
-            admit(request, tenant)  # type: ignore[arg-type]
-            response = await handler(request, runtime, batcher, tenant, parsed)  # type: ignore[arg-type]
+            admit(request, tenant)
+            response = await handler(request, runtime, batcher, tenant, parsed)
         except APIError as e:
-            response = error_response(e.status, e.code, e.message, e.details, e.headers)
+            response = e.response()
         except Exception as e:
             response = internal_error(request, e)
         await response(scope, receive, send)
@@ -170,6 +156,15 @@ class FastPath:
         if size != length:
             return None, seen
         return b"".join(chunks), seen
+
+
+def _parse(model: type[BaseModel], body: bytes) -> BaseModel | None:
+    """The validated request, or None for the full app to answer (its own JSON decoder and
+    error shapes decide what is wrong)."""
+    try:
+        return model.model_validate(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
 
 
 def _replay(seen: list[Message], receive: Receive) -> Receive:
