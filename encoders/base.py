@@ -190,6 +190,12 @@ class EncoderBase:
     def max_tokens(self) -> int:
         return self._max_tokens
 
+    @property
+    def engine(self) -> str:
+        """The build that computes the vectors (/readyz, metrics, manifests): adapters are
+        trained on one engine's exact outputs."""
+        return self.spec.backend
+
     def format(
         self, texts: list[str], kind: InputKind, instruction: Instruction = None
     ) -> list[str]:

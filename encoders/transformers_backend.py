@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import torch
+import transformers
 from transformers import AutoModel, AutoTokenizer
 
 from encoders.base import (
@@ -27,6 +28,10 @@ def _resolve_dtype(spec: EncoderSpec, device: torch.device) -> torch.dtype:
 
 class TransformersEncoder(EncoderBase):
     """Pooling, prompts, truncation and normalisation around an `AutoModel`."""
+
+    @property
+    def engine(self) -> str:
+        return f"transformers=={transformers.__version__} torch=={torch.__version__}"
 
     def __init__(self, spec: EncoderSpec) -> None:
         self.spec = spec

