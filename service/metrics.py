@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from encoders import Encoder
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
@@ -213,3 +215,44 @@ class Metrics:
             ["tenant", "reason"],
             registry=r,
         )
+        self.engine_info = Gauge(
+            "querylift_engine_info",
+            "The engine build behind each encoder (1): adapters are trained on one engine's "
+            "exact outputs, so a build change is visible here.",
+            ["encoder", "role", "backend", "build"],
+            registry=r,
+        )
+        self.engine_step_requests = Histogram(
+            "querylift_engine_step_requests",
+            "Requests an in-process engine (vLLM) finished in one step: above 1, concurrent "
+            "requests shared a forward pass inside the engine.",
+            ["encoder"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.engine_step_tokens = Histogram(
+            "querylift_engine_step_tokens",
+            "Prompt tokens an in-process engine (vLLM) computed in one step.",
+            ["encoder"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+
+    def watch_encoder(self, role: str, encoder: Encoder) -> None:
+        """Export the encoder's engine build, and its engine steps where it reports them."""
+        backend = encoder.spec.backend
+        build = getattr(encoder, "engine", backend)
+        self.engine_info.labels(encoder.name, role, backend, build).set(1)
+        add_observer = getattr(encoder, "add_step_observer", None)
+        if not callable(add_observer):
+            return
+        requests = self.engine_step_requests.labels(encoder.name)
+        tokens = self.engine_step_tokens.labels(encoder.name)
+
+        def observe(finished: int, prompt_tokens: int, running: int) -> None:
+            if finished:
+                requests.observe(finished)
+            if prompt_tokens:
+                tokens.observe(prompt_tokens)
+
+        add_observer(observe)

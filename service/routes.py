@@ -405,18 +405,21 @@ async def readyz(request: Request) -> Response:
 
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     checks: dict[str, str] = {}
+    engines: dict[str, str] = {}
     drain = getattr(request.app.state, "drain", None)
     if drain is not None and drain.active:
         checks["shutdown"] = "in progress: not taking new requests"
     if runtime is None:
         checks["encoders"] = "loading"
     else:
+        encoders = {"query": runtime.query_encoder, "document": runtime.document_encoder}
+        engines = {role: getattr(e, "engine", e.spec.backend) for role, e in encoders.items()}
         not_ready = [
-            e.name
-            for e in (runtime.query_encoder, runtime.document_encoder)
+            e.name + (f" ({why})" if (why := getattr(e, "error", None)) else " (starting)")
+            for e in encoders.values()
             if not getattr(e, "ready", True)
         ]
-        checks["encoders"] = "ok" if not not_ready else "not ready: " + ", ".join(not_ready)
+        checks["encoders"] = "ok" if not not_ready else "not ready: " + "; ".join(not_ready)
         bound_s = runtime.settings.qdrant_timeout_s + 1.0
         try:
             with anyio.fail_after(bound_s):
@@ -429,8 +432,11 @@ async def readyz(request: Request) -> Response:
         except Exception as e:
             checks["qdrant"] = f"error: {type(e).__name__}"
     ready = all(v == "ok" for v in checks.values())
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if engines:
+        body["engines"] = engines
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
+        body,
         status_code=200 if ready else 503,
     )
 
