@@ -1,0 +1,253 @@
+"""Faults with the real engine: its core process killed under load, SIGTERM of the service,
+and a request timeout that must abort the engine's requests.
+
+The process tests run `querylift serve` with `QUERYLIFT_QUERY_ENCODER__BACKEND=vllm` on the
+test model, each with an engine of its own (these tests break or stop it).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from adapters.store import AdapterStore
+from encoders import Encoder, EncoderSpec
+from encoders.vllm_backend import EncoderTimeout, VLLMEncoder
+from tests.conftest import make_linear, server_env
+from tests.engine.conftest import ENGINE_READY_S, engine_spec
+from tests.live import free_port
+
+TEXTS = ["what causes malaria", "the heart of mice"]
+REQUEST_TIMEOUT_S = 10.0  # the encoder's own deadline in the served process
+SLACK_S = 10.0  # 2 shared cores, an engine tearing down
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def tree(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+
+def engine_core(server: Server) -> psutil.Process:
+    for p in server.tree():
+        try:
+            if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
+                return p
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError(f"no EngineCore process under {server.proc.pid}: {server.tree()}")
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.fixture
+def start_server(
+    tmp_path: Path, engine_model: Path, doc_spec: EncoderSpec, document_encoder: Encoder
+) -> Iterator[Any]:
+    """`querylift serve` on the engine; the dev tenant has an adapter, so queries use vLLM."""
+    store = AdapterStore(tmp_path / "store")
+    spec = engine_spec(engine_model, timeout_s=REQUEST_TIMEOUT_S)
+    adapter = store.put(*make_linear(SimpleNamespace(name=spec.name, dim=256), document_encoder, 3))
+    store.activate("default", adapter.id)
+    started: list[Server] = []
+
+    def start(**extra: str) -> Server:
+        port = free_port()
+        log_path = tmp_path / f"server-{port}.log"
+        workdir = tmp_path / f"cwd-{port}"
+        workdir.mkdir()
+        env = server_env(
+            spec,
+            doc_spec,
+            QUERYLIFT_QUERY_ENCODER__BACKEND="vllm",
+            QUERYLIFT_QUERY_ENCODER__DTYPE="float32",
+            QUERYLIFT_QUERY_ENCODER__TIMEOUT_S=str(REQUEST_TIMEOUT_S),
+            QUERYLIFT_ADAPTER_STORE=str(store.root),
+            QUERYLIFT_QDRANT_PATH=str(tmp_path / "qdrant"),
+            QUERYLIFT_LOG_FORMAT="text",
+            QUERYLIFT_SHUTDOWN_GRACE_S="5",
+            **{f"QUERYLIFT_{k.upper()}": v for k, v in extra.items()},
+        )
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "querylift.cli", "serve", "--port", str(port)],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+        started.append(server)
+        deadline = time.monotonic() + ENGINE_READY_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{server.log()}")
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"not ready within {ENGINE_READY_S}s:\n{server.log()}")
+            time.sleep(0.5)
+
+    try:
+        yield start
+    finally:
+        for s in started:
+            procs = s.tree() if s.proc.poll() is None else []
+            if s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.wait(10)
+            for p in alive(procs):
+                p.kill()
+
+
+_seq = iter(range(10**9))
+
+
+def embed(client: httpx.Client) -> httpx.Response:
+    """A text never sent before: the raw-vector cache must not answer for the engine."""
+    n = next(_seq)
+    return client.post("/embed", json={"input": [f"{t} {n}" for t in TEXTS]})
+
+
+def test_killing_the_engine_core_under_load_gives_503s_and_readyz_says_why(
+    start_server: Any,
+) -> None:
+    server = start_server()
+    core = engine_core(server)
+    outcomes: list[tuple[float, float, int | None, str | None, str | None]] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def load() -> None:
+        with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S + SLACK_S) as c:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    r = embed(c)
+                    code = None if r.status_code == 200 else r.json()["error"]["code"]
+                    row = (sent, time.monotonic(), r.status_code, code, None)
+                except httpx.HTTPError as e:  # a hang shows up here as a read timeout
+                    row = (sent, time.monotonic(), None, None, type(e).__name__)
+                with lock:
+                    outcomes.append(row)
+
+    workers = [threading.Thread(target=load) for _ in range(6)]
+    for w in workers:
+        w.start()
+    time.sleep(2.0)  # steady load first
+    killed_at = time.monotonic()
+    core.kill()  # SIGKILL: no goodbye from the engine
+    time.sleep(4.0)
+    stop.set()
+    for w in workers:
+        w.join(REQUEST_TIMEOUT_S + SLACK_S + 5)
+    assert not any(w.is_alive() for w in workers), "a request hung"
+
+    before = [o for o in outcomes if o[1] < killed_at]
+    after = [o for o in outcomes if o[0] > killed_at + 0.5]
+    assert before and all(o[2] == 200 for o in before), before[:5]
+    assert [o for o in outcomes if o[4] is not None] == [], "a request got no HTTP answer"
+    # in flight at the kill or sent after it: 503 encoder_unavailable, never a 500 or a hang
+    for sent, done, status, code, _ in outcomes:
+        if done >= killed_at:
+            assert (status, code) in {(200, None), (503, "encoder_unavailable")}, (status, code)
+            assert done - sent < REQUEST_TIMEOUT_S + SLACK_S
+    assert after and all(o[2] == 503 for o in after), after[:5]
+
+    ready = httpx.get(f"{server.url}/readyz", timeout=5)
+    assert ready.status_code == 503
+    why = ready.json()["checks"]["encoders"]
+    assert why.startswith("not ready: tiny-qwen3-engine (") and "dead" in why.lower(), why
+    # new requests after the fact still answer at once
+    t0 = time.monotonic()
+    with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as c:
+        r = embed(c)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "encoder_unavailable"
+    assert time.monotonic() - t0 < 2.0
+    # and SIGTERM still leaves nothing behind
+    procs = server.tree()
+    server.proc.send_signal(signal.SIGTERM)
+    # uvicorn re-raises the signal it caught once it has shut down: -SIGTERM is a clean exit
+    assert server.proc.wait(5 + SLACK_S) in (0, -signal.SIGTERM), server.log()
+    time.sleep(1.0)
+    assert alive(procs) == []
+
+
+def test_sigterm_of_the_service_leaves_no_engine_process(start_server: Any) -> None:
+    server = start_server()
+    procs = server.tree()
+    core = engine_core(server)
+    assert core in procs
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert embed(c).status_code == 200
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(5 + SLACK_S) in (0, -signal.SIGTERM), server.log()
+    deadline = time.monotonic() + SLACK_S
+    while alive(procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive(procs) == [], [p.cmdline() for p in alive(procs)]
+
+
+def test_a_request_timeout_aborts_its_engine_requests(vllm_encoder: Encoder) -> None:
+    assert isinstance(vllm_encoder, VLLMEncoder)
+    long = " ".join(["cancer cells increase the risk of disease"] * 6)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            n = vllm_encoder.unfinished_requests()
+            if n:
+                seen.append(n)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    saved = vllm_encoder.request_timeout_s
+    vllm_encoder.request_timeout_s = 0.05
+    try:
+        with pytest.raises(EncoderTimeout):
+            vllm_encoder.encode([f"{long} {i}" for i in range(256)], "query")
+    finally:
+        vllm_encoder.request_timeout_s = saved
+        done.set()
+        watcher.join()
+    assert seen and max(seen) > 0  # the requests had reached the engine
+    deadline = time.monotonic() + 5
+    while vllm_encoder.unfinished_requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert vllm_encoder.unfinished_requests() == 0
+    # and the engine serves the next request normally
+    assert vllm_encoder.encode(TEXTS, "query").vectors.shape == (2, 256)
