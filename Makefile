@@ -15,7 +15,7 @@ ENGINE_DROP := torchvision torchaudio torchcodec
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install models demo serve test lint clean engine-cpu test-engine check-installs
+.PHONY: install models demo serve test lint clean engine-cpu serve-engine test-engine check-installs
 
 $(BIN)/querylift: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,18 @@ $(ENGINE_BIN)/querylift: pyproject.toml
 	touch $@
 
 engine-cpu: $(ENGINE_BIN)/querylift
+
+# The service on the real engine: QUERYLIFT_PROFILE=vllm-cpu, a Qwen3-architecture query model
+# (QWEN3=your/Qwen3/folder, or one with random weights built here), the demo index and a demo
+# adapter trained on this engine's own vectors, in their own store and Qdrant folder.
+QWEN3 ?= models/qwen3-random
+ENGINE_SERVE_ENV := QUERYLIFT_PROFILE=vllm-cpu QUERYLIFT_QUERY_ENCODER__PATH=$(QWEN3) \
+	QUERYLIFT_ADAPTER_STORE=var/vllm-cpu/adapters QUERYLIFT_QDRANT_PATH=var/vllm-cpu/qdrant
+serve-engine: engine-cpu models
+	test -f $(QWEN3)/config.json || $(ENGINE_BIN)/querylift random-qwen3 $(QWEN3) \
+		--vocab-from models/all-MiniLM-L6-v2
+	$(ENGINE_SERVE_ENV) $(ENGINE_BIN)/querylift setup
+	$(ENGINE_SERVE_ENV) $(ENGINE_BIN)/querylift serve
 
 # QUERYLIFT_REQUIRE_ENGINE=1: a missing engine fails the run instead of skipping it
 test-engine: engine-cpu

