@@ -175,6 +175,9 @@ class EncoderBase:
     spec: EncoderSpec
     _dim: int | None
     _max_tokens: int
+    # batches the service may keep in flight on this encoder at once: 1 for an in-process
+    # forward (two would fight for the same cores); more for an engine that schedules its own
+    batch_concurrency: int = 1
 
     @property
     def name(self) -> str:

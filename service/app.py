@@ -106,6 +106,8 @@ def create_app(
             max_queue=settings.max_queue,
             metrics=metrics,
             max_queue_wait_ms=settings.max_queue_wait_ms,
+            concurrency=settings.batch_concurrency
+            or getattr(runtime.query_encoder, "batch_concurrency", 1),
         )
         app.state.batcher = batcher
         batcher.start()

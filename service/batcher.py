@@ -9,6 +9,10 @@ loop, health checks and /metrics never wait behind a batch.
 The worker is the clock: whenever it is free, everything queued (up to `max_items` texts or
 `max_tokens` tokens, by the encoders' own counts from admission) becomes the next batch, so
 a lone request never waits and requests arriving during a batch share the next one.
+`concurrency` > 1 keeps that many batches in flight on as many workers: for an engine that
+schedules its own batches (vLLM), whose continuous batching needs new requests to arrive
+while earlier ones run; an in-process torch encoder keeps 1 (two forwards would only fight
+for the same cores).
 `max_wait_ms` > 0 adds a wait for a fuller batch. A single request larger than a limit is
 batched alone, never split.
 
@@ -60,9 +64,13 @@ class Batcher:
         max_queue: int,
         metrics: Metrics,
         max_queue_wait_ms: float = 0.0,
+        concurrency: int = 1,
     ) -> None:
         if max_items <= 0 or max_tokens <= 0 or max_queue <= 0 or max_wait_ms < 0:
             raise ValueError("batch limits must be positive (max_wait_ms >= 0)")
+        if concurrency <= 0:
+            raise ValueError("concurrency must be positive")
+        self.concurrency = concurrency
         self.runtime = runtime
         self.max_items = max_items
         self.max_tokens = max_tokens
@@ -73,8 +81,9 @@ class Batcher:
         # now running: an estimate of how long a new request would wait, so overload is
         # refused at once (429) instead of queueing work that blows every accepted latency
         self.cost = BatchCostModel()
-        self._inflight_tokens = 0
-        self._inflight_since = 0.0
+        # batches now on a worker: (tokens, start time) each
+        self._inflight: dict[int, tuple[int, float]] = {}
+        self._workers: set[asyncio.Task[None]] = set()
         self.metrics = metrics
         self._queue: deque[_Pending] = deque()
         self._queued_texts = 0
@@ -89,7 +98,9 @@ class Batcher:
         if self.running:
             raise RuntimeError("batcher already running")
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="querylift-batch")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="querylift-batch"
+        )
         self._task = asyncio.create_task(self._run(), name="querylift-batcher")
         return self._task
 
@@ -99,6 +110,8 @@ class Batcher:
         task, self._task = self._task, None
         if task is not None and not task.done():
             await cancel_and_wait(task)
+        for worker in list(self._workers):
+            await cancel_and_wait(worker)
         self._fail_queued(
             APIError(
                 503,
@@ -127,16 +140,20 @@ class Batcher:
         if not self.cost.trained:
             return 0.0
         running = 0.0
-        if self._inflight_tokens:
-            left = self.cost.seconds(self._inflight_tokens, self._inflight_tokens)
-            running = max(left - (time.monotonic() - self._inflight_since), 0.0)
-        return running + self.cost.seconds(self._queued_tokens + extra_tokens, self.max_tokens)
+        if len(self._inflight) >= self.concurrency:  # every worker busy: the first one free
+            now = time.monotonic()
+            running = min(
+                max(self.cost.seconds(tokens, tokens) - (now - since), 0.0)
+                for tokens, since in self._inflight.values()
+            )
+        queued = self.cost.seconds(self._queued_tokens + extra_tokens, self.max_tokens)
+        return running + queued / self.concurrency
 
     def check_admission(self, tokens: int = 0) -> None:
         """429 when the queue is full or the estimated wait is past `max_queue_wait_ms`; cheap,
         so routes call it before tokenising. A request never waits behind nothing: with an
         empty queue and no batch running it is always admitted."""
-        busy = self._queued_texts > 0 or self._inflight_tokens > 0
+        busy = self._queued_texts > 0 or bool(self._inflight)
         if not busy:
             return
         if self._queued_texts >= self.max_queue:
@@ -207,15 +224,38 @@ class Batcher:
 
     # -- the loop ----------------------------------------------------------------------------
     async def _run(self) -> None:
+        free = asyncio.Semaphore(self.concurrency)
         while True:
             try:
+                # a worker first, then the batch: while all are busy the queue keeps growing
+                # into the next batch
+                await free.acquire()
                 batch = await self._collect()
-                if batch:
-                    await self._execute(batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never die: log it and go on with the next batch
+                free.release()
                 log.exception("batcher loop error")
+                continue
+            if not batch:
+                free.release()
+                continue
+            if self.concurrency == 1:
+                try:
+                    await self._execute(batch)
+                finally:
+                    free.release()
+                continue
+            worker = asyncio.create_task(self._execute(batch), name="querylift-batch")
+            self._workers.add(worker)
+
+            def done(t: asyncio.Task[None]) -> None:
+                self._workers.discard(t)
+                free.release()
+                if not t.cancelled() and t.exception() is not None:
+                    log.error("batch worker error", exc_info=t.exception())
+
+            worker.add_done_callback(done)
 
     def _full(self) -> bool:
         return self._queued_texts >= self.max_items or self._queued_tokens >= self.max_tokens
@@ -262,7 +302,8 @@ class Batcher:
         for p in batch:
             p.wait_s = now - p.enqueued
         tokens = sum(p.tokens for p in batch)
-        self._inflight_tokens, self._inflight_since = max(tokens, 1), now
+        key = id(batch)
+        self._inflight[key] = (max(tokens, 1), now)
         loop = asyncio.get_running_loop()
         # the worker starts now; the bookkeeping is done while it runs, and once it is back
         # the results go out before anything else: both off the request's critical path
@@ -297,7 +338,8 @@ class Batcher:
                 headers={"Retry-After": "1"},
             )
             results = [failed] * len(batch)
-        self._inflight_tokens = 0
+        finally:
+            self._inflight.pop(key, None)
         for p, r in zip(batch, results, strict=True):
             if p.future.done():
                 continue

@@ -233,6 +233,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Most tokens (the encoders' counts, after any cut) in one encoder batch.",
     )
+    batch_concurrency: int | None = Field(
+        default=None,
+        gt=0,
+        description="Batches in flight at once (each on its own worker thread); unset = what "
+        "the query encoder declares: 1 for transformers (one forward at a time), 4 for vllm "
+        "(its continuous batching wants new requests while others run).",
+    )
     batch_max_wait_ms: float = Field(
         default=0.0,
         ge=0,

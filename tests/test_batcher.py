@@ -326,3 +326,79 @@ def test_a_request_whose_estimated_wait_is_too_long_gets_a_fast_429():
 
     asyncio.run(main())
     assert [t for batch in rt.batches for p in batch for t in p.texts] == ["1", "2", "4"]
+
+
+class ConcurrentRuntime(FakeRuntime):
+    """Each batch holds its worker until released; records how many ran at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+        self.release = threading.Event()
+
+    def run_prepared(self, items: list[FakePrep]) -> list:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            assert self.release.wait(30)
+            return super().run_prepared(items)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_concurrency_bounds_the_batches_in_flight(concurrency: int):
+    rt = ConcurrentRuntime()
+
+    async def main() -> None:
+        b = make_batcher(rt, concurrency=concurrency, max_items=1, max_wait_ms=0.0)
+        b.start()
+        tasks = [
+            asyncio.create_task(b.submit(FakePrep(f"t{i}", ["x"]), 30))  # type: ignore[arg-type]
+            for i in range(6)
+        ]
+        deadline = time.monotonic() + 10
+        while rt.running < concurrency and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # a worker too many would have started by now
+        assert rt.running == concurrency
+        assert b.queued_texts == 6 - concurrency  # the rest wait for a free worker
+        rt.release.set()
+        outs = await asyncio.gather(*tasks)
+        assert len(outs) == 6
+        await b.stop()
+
+    asyncio.run(main())
+    assert rt.peak == concurrency
+    assert sorted(len(batch) for batch in rt.batches) == [1] * 6
+
+
+def test_stop_answers_the_requests_of_every_batch_in_flight_503():
+    rt = ConcurrentRuntime()
+
+    async def main() -> None:
+        b = make_batcher(rt, concurrency=2, max_items=1, max_wait_ms=0.0)
+        b.start()
+        tasks = [
+            asyncio.create_task(b.submit(FakePrep(f"t{i}", ["x"]), 30))  # type: ignore[arg-type]
+            for i in range(3)
+        ]
+        deadline = time.monotonic() + 10
+        while rt.running < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await b.stop()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        rt.release.set()
+        codes = [r.code for r in results if isinstance(r, APIError)]
+        assert codes == ["shutting_down"] * 3, results
+
+    asyncio.run(main())
+
+
+def test_the_query_encoder_sets_the_default_concurrency(make_client):
+    assert make_client().app.state.batcher.concurrency == 1  # transformers: one forward
+    assert make_client(batch_concurrency=3).app.state.batcher.concurrency == 3

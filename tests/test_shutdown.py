@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,8 @@ from service.qdrant_gateway import QdrantGateway
 from service.settings import Settings
 from service.shutdown import cutoff_s
 from tests.conftest import auth, server_env
-from tests.live import free_port
+from tests.live import ServerProcess as Server
+from tests.live import start_serve
 
 TEXTS = ["what causes malaria", "the heart of mice"]
 READY_TIMEOUT_S = 90.0
@@ -89,16 +89,6 @@ def test_requests_still_waiting_at_the_grace_cutoff_get_503(
 
 
 # -- a real process -----------------------------------------------------------------------------
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-
 def _env(
     query_spec: EncoderSpec,
     doc_spec: EncoderSpec,
@@ -124,33 +114,10 @@ def start_server(
     started: list[Server] = []
 
     def start(**extra: str) -> Server:
-        port = free_port()
-        log_path = tmp_path / f"server-{port}.log"
-        workdir = tmp_path / f"cwd-{port}"  # no stray .env
-        workdir.mkdir()
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "querylift.cli", "serve", "--port", str(port)],
-                cwd=workdir,
-                env=_env(query_spec, doc_spec, tenants_file, tmp_path, **extra),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+        env = _env(query_spec, doc_spec, tenants_file, tmp_path, **extra)
+        server = start_serve(env, tmp_path, READY_TIMEOUT_S)
         started.append(server)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{server.log()}")
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready within {READY_TIMEOUT_S}s:\n{server.log()}")
-            time.sleep(0.2)
+        return server
 
     try:
         yield start

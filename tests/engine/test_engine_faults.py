@@ -8,12 +8,9 @@ test model, each with an engine of its own (these tests break or stop it).
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,34 +24,25 @@ from encoders import Encoder, EncoderSpec
 from encoders.vllm_backend import EncoderTimeout, VLLMEncoder
 from tests.conftest import make_linear, server_env
 from tests.engine.conftest import ENGINE_READY_S, engine_spec
-from tests.live import free_port
+from tests.live import ServerProcess, start_serve
 
 TEXTS = ["what causes malaria", "the heart of mice"]
 REQUEST_TIMEOUT_S = 10.0  # the encoder's own deadline in the served process
 SLACK_S = 10.0  # 2 shared cores, an engine tearing down
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def tree(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children(recursive=True)
+def tree(server: ServerProcess) -> list[psutil.Process]:
+    return psutil.Process(server.proc.pid).children(recursive=True)
 
 
-def engine_core(server: Server) -> psutil.Process:
-    for p in server.tree():
+def engine_core(server: ServerProcess) -> psutil.Process:
+    for p in tree(server):
         try:
             if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
                 return p
         except psutil.NoSuchProcess:
             continue
-    raise AssertionError(f"no EngineCore process under {server.proc.pid}: {server.tree()}")
+    raise AssertionError(f"no EngineCore process under {server.proc.pid}: {tree(server)}")
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -77,13 +65,9 @@ def start_server(
     spec = engine_spec(engine_model, timeout_s=REQUEST_TIMEOUT_S)
     adapter = store.put(*make_linear(SimpleNamespace(name=spec.name, dim=256), document_encoder, 3))
     store.activate("default", adapter.id)
-    started: list[Server] = []
+    started: list[ServerProcess] = []
 
-    def start(**extra: str) -> Server:
-        port = free_port()
-        log_path = tmp_path / f"server-{port}.log"
-        workdir = tmp_path / f"cwd-{port}"
-        workdir.mkdir()
+    def start(**extra: str) -> ServerProcess:
         env = server_env(
             spec,
             doc_spec,
@@ -96,35 +80,15 @@ def start_server(
             QUERYLIFT_SHUTDOWN_GRACE_S="5",
             **{f"QUERYLIFT_{k.upper()}": v for k, v in extra.items()},
         )
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "querylift.cli", "serve", "--port", str(port)],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+        server = start_serve(env, tmp_path, ENGINE_READY_S)
         started.append(server)
-        deadline = time.monotonic() + ENGINE_READY_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{server.log()}")
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready within {ENGINE_READY_S}s:\n{server.log()}")
-            time.sleep(0.5)
+        return server
 
     try:
         yield start
     finally:
         for s in started:
-            procs = s.tree() if s.proc.poll() is None else []
+            procs = tree(s) if s.proc.poll() is None else []
             if s.proc.poll() is None:
                 s.proc.kill()
                 s.proc.wait(10)
@@ -197,7 +161,7 @@ def test_killing_the_engine_core_under_load_gives_503s_and_readyz_says_why(
     assert r.status_code == 503 and r.json()["error"]["code"] == "encoder_unavailable"
     assert time.monotonic() - t0 < 2.0
     # and SIGTERM still leaves nothing behind
-    procs = server.tree()
+    procs = tree(server)
     server.proc.send_signal(signal.SIGTERM)
     # uvicorn re-raises the signal it caught once it has shut down: -SIGTERM is a clean exit
     assert server.proc.wait(5 + SLACK_S) in (0, -signal.SIGTERM), server.log()
@@ -207,7 +171,7 @@ def test_killing_the_engine_core_under_load_gives_503s_and_readyz_says_why(
 
 def test_sigterm_of_the_service_leaves_no_engine_process(start_server: Any) -> None:
     server = start_server()
-    procs = server.tree()
+    procs = tree(server)
     core = engine_core(server)
     assert core in procs
     with httpx.Client(base_url=server.url, timeout=30) as c:

@@ -1,0 +1,124 @@
+"""Where a tenant's /search goes: the collection, the vector, how the tenant is scoped in it,
+and where ids and text live in its payloads. Collections are the app's, not querylift's.
+
+An app already has its collection (LangChain's `QdrantVectorStore`, LlamaIndex's, its own
+code), so nothing about its layout is assumed: each tenant names it in the tenants file, with
+the settings as defaults. Two scopes keep isolation absolute:
+
+- `field`: the tenant's points carry `tenant_field == tenant_value`; every search ANDs that
+  condition (the querylift layout, and a shared collection with a tenant key);
+- `collection`: the tenant owns the whole collection, so no filter is needed, and the tenants
+  file is refused if any other tenant can reach that collection.
+
+`inspect_target` says, in words, why a target cannot serve (no collection, no such vector,
+the wrong size or distance, no point with the tenant's value, no tenant index on a server);
+/readyz, /search and `querylift doctor` all report its findings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Scope = Literal["field", "collection"]
+# Distances under which unit query vectors rank documents as the index meant: cosine; dot
+# and euclidean agree with it where the documents are unit length (checked, see below).
+RANKING_DISTANCES = ("Cosine", "Dot", "Euclid")
+# payload keys that hold a document's text, in the layouts we know (first match wins)
+TEXT_KEYS = ("text", "page_content", "_node_content", "content", "document")
+NORM_SAMPLE = 16
+NORM_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class SearchTarget:
+    """One tenant's resolved search target (tenants file over settings)."""
+
+    tenant: str
+    collection: str
+    vector: str | None  # None: the collection's single unnamed vector
+    scope: Scope
+    tenant_field: str | None  # field scope only
+    tenant_value: str | None  # field scope only
+    id_key: str | None  # None: the point id; else this payload key (point id where absent)
+    text_key: str | None  # None: the first of TEXT_KEYS a payload has
+
+    def describe(self) -> str:
+        vec = "unnamed vector" if self.vector is None else f"vector {self.vector!r}"
+        scope = (
+            "whole collection"
+            if self.scope == "collection"
+            else f"{self.tenant_field} == {self.tenant_value!r}"
+        )
+        return f"collection {self.collection!r}, {vec}, {scope}"
+
+    def doc_id(self, point_id: Any, payload: dict[str, Any] | None) -> str:
+        if self.id_key is not None and payload and self.id_key in payload:
+            return str(payload[self.id_key])
+        return str(point_id)
+
+    def text(self, payload: dict[str, Any] | None) -> str | None:
+        """The document's text in a payload: `text_key`, or the first known key; LlamaIndex
+        keeps it inside the JSON string `_node_content`."""
+        if not payload:
+            return None
+        keys: Iterable[str] = (self.text_key,) if self.text_key else TEXT_KEYS
+        for key in keys:
+            value = payload.get(key)
+            if key == "_node_content" and isinstance(value, str):
+                try:
+                    value = json.loads(value).get("text")
+                except (ValueError, AttributeError):
+                    value = None
+            if isinstance(value, str):
+                return value
+        return None
+
+
+def check_exclusive(targets: list[SearchTarget]) -> None:
+    """Refuse a tenants file in which one tenant could see another's points."""
+    by_collection: dict[str, list[SearchTarget]] = {}
+    for t in targets:
+        by_collection.setdefault(t.collection, []).append(t)
+    for name, group in by_collection.items():
+        owners = [t.tenant for t in group if t.scope == "collection"]
+        if owners and len(group) > 1:
+            others = ", ".join(repr(o) for o in sorted({t.tenant for t in group} - {owners[0]}))
+            raise ValueError(
+                f"tenant {owners[0]!r} owns collection {name!r} (scope 'collection'), but "
+                f"{others} also search it: a collection-scoped tenant must be the collection's "
+                "only tenant"
+            )
+        fields = {t.tenant_field for t in group}
+        if len(fields) > 1:
+            raise ValueError(
+                f"collection {name!r}: its tenants use different tenant fields "
+                f"{sorted(f or '' for f in fields)}; one collection, one tenant field"
+            )
+        values: dict[str | None, str] = {}
+        for t in group:
+            if t.tenant_value in values:
+                raise ValueError(
+                    f"tenants {values[t.tenant_value]!r} and {t.tenant!r} share the tenant "
+                    f"value {t.tenant_value!r} in collection {name!r}"
+                )
+            values[t.tenant_value] = t.tenant
+
+
+@dataclass
+class Inspection:
+    """What one target's check found: problems stop it serving; notes are for the operator."""
+
+    target: SearchTarget
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        head = f"tenant {self.target.tenant!r}: {self.target.describe()}"
+        return head + (": ok" if self.ok else ": " + "; ".join(self.problems))
