@@ -258,9 +258,6 @@ def _shutdown_engine(engine: Any) -> Any:
 class VLLMEncoder(EncoderBase):
     """`Encoder` over an in-process vLLM `AsyncLLM`; start-up runs in the background.
 
-    The service keeps `batch_concurrency` batches in flight on it: vLLM's continuous batching
-    then sees new requests arrive while earlier ones run, as it would from its own server.
-
     `engine` is an engine object (anything with vLLM's `encode`/`abort`/`shutdown`), a
     zero-argument factory that builds one, or None for the real vLLM engine.
     `pooling_params` builds the per-request pooling parameters (default: vLLM's class).
@@ -268,8 +265,6 @@ class VLLMEncoder(EncoderBase):
     `encode` waits at most `startup_wait_s` for start-up and `request_timeout_s` for an
     answer, then raises `EncoderUnavailable` (the service answers 503 or falls back).
     """
-
-    batch_concurrency = 4
 
     def __init__(
         self,

@@ -91,6 +91,18 @@ def setup(
     )
 
 
+@app.command()
+def doctor() -> None:
+    """Check what `querylift serve` needs (settings from QUERYLIFT_*): the encoders' folders,
+    the adapter store, the tenants file, Qdrant, and every tenant's search target."""
+    from querylift.doctor import run
+    from service.settings import Settings
+
+    marks = {"ok": "ok  ", "FAIL": "FAIL", "warn": "warn", "note": "note"}
+    healthy = run(Settings(), lambda status, line: typer.echo(f"[{marks[status]}] {line}"))
+    raise typer.Exit(0 if healthy else 1)
+
+
 @app.command("random-qwen3")
 def random_qwen3(
     out: Annotated[Path, typer.Argument(help="Folder to write (an HF model folder).")],

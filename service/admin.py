@@ -838,8 +838,13 @@ def _set_validation(admin: Admin, tenant_name: str, body: bytes) -> dict[str, An
                 422,
                 "validation_ids_unknown",
                 f"none of the {total} positive document ids is in tenant {tenant.name!r}'s "
-                f"collection {runtime.collection_for(tenant)!r} (ids are the `doc_id` payload "
-                "written by `querylift index`)",
+                f"collection {runtime.collection_for(tenant)!r} (ids are what /search answers: "
+                + (
+                    f"the {key!r} payload key"
+                    if (key := runtime.target_for(tenant).id_key)
+                    else "point ids"
+                )
+                + ")",
                 {"total_ids": total, "found_ids": 0},
             )
         )

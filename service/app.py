@@ -93,6 +93,17 @@ def create_app(
             runtime.document_encoder.name,
             runtime.document_encoder.dim,
         )
+        for found in await asyncio.to_thread(runtime.inspect_targets):
+            level = (
+                logging.ERROR
+                if not found.ok
+                else logging.WARNING
+                if found.warnings
+                else logging.INFO
+            )
+            log.log(level, "search target: %s", found.line())
+            for note in found.notes:
+                log.warning("search target of tenant %r: %s", found.target.tenant, note)
         # replicas sharing the store pick up swaps made elsewhere (last_sync_ok: freshness)
         replica_sync = ReplicaSync(runtime, settings.adapter_sync_interval_s, metrics)
         app.state.replica_sync = replica_sync

@@ -5,7 +5,7 @@ A tenant's validation set is the pairs format of `querylift train` (`{"query", "
 because the service never imports training/. On activation the candidate adapter, the
 tenant's current adapter and the document model's own query vectors embed every validation
 query (`Runtime.embed_batch` with `EmbedItem.adapter` / `baseline`) and search the tenant's
-real collection with the tenant filter; documents are matched by their `doc_id` payload. The
+real collection with the tenant filter; documents are matched by the ids /search answers. The
 statistics and the decision are `adapters.gate`'s, the same code `querylift eval --gate` runs.
 
 On disk, beside the adapter store's own folders (every file written by fsync + rename):
@@ -34,7 +34,7 @@ from adapters import Adapter
 from adapters.fsutil import atomic_write_bytes
 from adapters.gate import GateReport, ndcg_at_k, run_gate
 from service.errors import APIError
-from service.qdrant_gateway import CollectionNotFound
+from service.qdrant_gateway import CollectionNotFound, tenant_condition
 from service.runtime import ActiveAdapter, EmbedItem, EmbedOutcome, Runtime
 from service.tenants import Tenant
 
@@ -397,17 +397,21 @@ def known_ids(runtime: Runtime, tenant: Tenant, pairs: list[ValidationPair]) -> 
     from qdrant_client import models
 
     ids = sorted({d for p in pairs for d in p.positive_ids})
-    collection = runtime.collection_for(tenant)
+    target = runtime.target_for(tenant)
+    collection = target.collection
     try:
         runtime.gateway.collection_info(collection, refresh=True)
     except CollectionNotFound:
         return None
-    flt = models.Filter(
-        must=[
-            models.FieldCondition(
-                key=runtime.settings.tenant_field, match=models.MatchValue(value=tenant.value)
-            ),
-            models.FieldCondition(key="doc_id", match=models.MatchAny(any=ids)),
-        ]
-    )
-    return runtime.gateway.count(collection, flt)
+    must: list[models.Condition] = []
+    if target.scope == "field":
+        must.append(tenant_condition(target))
+    if target.id_key is not None:
+        must.append(models.FieldCondition(key=target.id_key, match=models.MatchAny(any=ids)))
+    else:  # ids are point ids: integers or UUIDs, as /search answers them
+        point_ids: list[int | str] = [int(i) if i.isdigit() else i for i in ids]
+        must.append(models.HasIdCondition(has_id=point_ids))
+    try:
+        return runtime.gateway.count(collection, models.Filter(must=must))
+    except ValueError:  # a point id that is neither an integer nor a UUID matches nothing
+        return 0

@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import httpx
@@ -23,6 +23,13 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from service.metrics import Metrics
+from service.targets import (
+    NORM_SAMPLE,
+    NORM_TOLERANCE,
+    RANKING_DISTANCES,
+    Inspection,
+    SearchTarget,
+)
 
 T = TypeVar("T")
 
@@ -73,11 +80,33 @@ def _unavailable(op: str, e: Exception, timeout_s: float) -> QdrantUnavailable |
 
 
 @dataclass(frozen=True)
+class VectorInfo:
+    size: int
+    distance: str  # Qdrant's name: Cosine, Dot, Euclid, Manhattan
+
+
+@dataclass(frozen=True)
 class CollectionInfo:
     name: str
-    dim: int
-    distance: str
+    vectors: dict[str, VectorInfo]  # dense vectors by name; "" is the unnamed one
     metadata: dict[str, Any]
+    sparse: tuple[str, ...] = ()
+    payload_index: dict[str, tuple[str, bool]] = field(default_factory=dict)  # type, is_tenant
+
+    def vector(self, name: str | None) -> VectorInfo | None:
+        return self.vectors.get(name or "")
+
+    @property
+    def dim(self) -> int | None:
+        """The unnamed vector's size (None for a collection of named vectors only)."""
+        v = self.vectors.get("")
+        return v.size if v is not None else None
+
+    def describe_vectors(self) -> str:
+        names = [repr(n) for n in self.vectors if n]
+        if "" in self.vectors:
+            names.insert(0, "one unnamed vector")
+        return ", ".join(names) or "no dense vector"
 
 
 @dataclass(frozen=True)
@@ -154,14 +183,25 @@ class QdrantGateway:
         if not self._call("collection_exists", lambda: self.client.collection_exists(name)):
             raise CollectionNotFound(name)
         info = self._call("get_collection", lambda: self.client.get_collection(name))
-        vectors = info.config.params.vectors
-        if not isinstance(vectors, models.VectorParams):
-            raise ValueError(f"collection {name!r} uses named vectors; querylift needs one vector")
+        params = info.config.params
+        raw = params.vectors
+        if isinstance(raw, models.VectorParams):
+            raw = {"": raw}
+        vectors = {
+            n: VectorInfo(v.size, str(v.distance.value if v.distance else ""))
+            for n, v in (raw or {}).items()
+        }
+        index = {}
+        for key, schema in (info.payload_schema or {}).items():
+            dtype = getattr(schema.data_type, "value", str(schema.data_type))
+            is_tenant = bool(getattr(schema.params, "is_tenant", False))
+            index[key] = (str(dtype), is_tenant)
         ci = CollectionInfo(
             name=name,
-            dim=vectors.size,
-            distance=str(vectors.distance.value if vectors.distance else ""),
+            vectors=vectors,
             metadata=dict(info.config.metadata or {}),
+            sparse=tuple(params.sparse_vectors or {}),
+            payload_index=index,
         )
         self._info[name] = ci
         return ci
@@ -205,37 +245,138 @@ class QdrantGateway:
 
     def search(
         self,
-        collection: str,
+        target: SearchTarget,
         vector: list[float],
         *,
-        tenant_field: str,
-        tenant_value: str,
         client_filter: models.Filter | None,
         limit: int,
         with_payload: bool,
     ) -> list[Hit]:
-        """Nearest points of one tenant. The tenant condition is ANDed with the client's filter
-        as a nested clause, so the client filter can only narrow the tenant's own points."""
-        must: list[models.Condition] = [
-            models.FieldCondition(key=tenant_field, match=models.MatchValue(value=tenant_value))
-        ]
+        """Nearest points of one tenant's target. In `field` scope the tenant condition is
+        ANDed with the client's filter as a nested clause, so the client filter can only
+        narrow the tenant's own points; in `collection` scope the tenant owns them all."""
+        must: list[models.Condition] = []
+        if target.scope == "field":
+            must.append(tenant_condition(target))
         if client_filter is not None:
             must.append(client_filter)
+        if with_payload:
+            want: bool | list[str] = True
+        else:  # only what the id needs
+            want = [target.id_key] if target.id_key else False
         res = self._call(
             "query_points",
             lambda: self.client.query_points(
-                collection,
+                target.collection,
                 query=vector,
-                query_filter=models.Filter(must=must),
+                using=target.vector,
+                query_filter=models.Filter(must=must) if must else None,
                 limit=limit,
-                with_payload=True if with_payload else ["doc_id"],
+                with_payload=want,
             ),
         )
         hits = []
         for p in res.points:
             payload = dict(p.payload or {}) if with_payload else None
-            doc_id = str((p.payload or {}).get("doc_id", p.id))
-            if payload is not None:
-                payload.pop(tenant_field, None)
-            hits.append(Hit(id=doc_id, score=float(p.score), payload=payload))
+            if payload is not None and target.tenant_field is not None:
+                payload.pop(target.tenant_field, None)
+            hits.append(Hit(target.doc_id(p.id, p.payload), float(p.score), payload))
         return hits
+
+    def tenant_points(self, target: SearchTarget) -> int:
+        """Points the tenant can see (an estimate on a server): 0 means a scope that matches
+        nothing, a misconfiguration rather than an empty result."""
+        flt = models.Filter(must=[tenant_condition(target)]) if target.scope == "field" else None
+        res = self._call(
+            "count",
+            lambda: self.client.count(target.collection, count_filter=flt, exact=self.local),
+        )
+        return int(res.count)
+
+    def inspect(self, target: SearchTarget, dim: int) -> Inspection:
+        """Can `target` serve `dim`-d vectors? Every reason it cannot, in words."""
+        out = Inspection(target)
+        try:
+            info = self.collection_info(target.collection, refresh=True)
+        except CollectionNotFound:
+            out.warnings.append("the collection does not exist yet")
+            return out
+        except QdrantUnavailable as e:
+            out.problems.append(f"Qdrant: {e.reason}")
+            return out
+        vec = info.vector(target.vector)
+        if vec is None:
+            if target.vector is None:
+                out.problems.append(
+                    f"the collection has named vectors ({info.describe_vectors()}): set the "
+                    "tenant's `vector` (or QUERYLIFT_VECTOR_NAME)"
+                )
+            else:
+                out.problems.append(
+                    f"no dense vector named {target.vector!r} (the collection has "
+                    f"{info.describe_vectors()})"
+                )
+        else:
+            if vec.size != dim:
+                out.problems.append(f"its vectors are {vec.size}-d; the served vectors are {dim}-d")
+            if vec.distance not in RANKING_DISTANCES:
+                out.problems.append(
+                    f"distance {vec.distance} does not rank unit-length query vectors as the "
+                    f"index means; supported: {', '.join(RANKING_DISTANCES)}"
+                )
+            elif vec.distance != "Cosine":
+                out.notes.extend(self._norm_notes(target, vec.distance))
+        try:
+            out.points = self.tenant_points(target)
+            out.collection_points = (
+                out.points if target.scope == "collection" else self.count(target.collection)
+            )
+        except QdrantUnavailable as e:
+            out.problems.append(f"Qdrant: {e.reason}")
+        if target.scope == "field" and not self.local and target.tenant_field:
+            index = info.payload_index.get(target.tenant_field)
+            if index is None or index[0] != "keyword":
+                out.problems.append(
+                    f"no keyword payload index on {target.tenant_field!r}: create one "
+                    "(is_tenant=true), or every search scans the collection"
+                )
+            elif not index[1]:
+                out.notes.append(
+                    f"the index on {target.tenant_field!r} is not is_tenant=true "
+                    "(Qdrant's multitenancy layout groups each tenant's points with it)"
+                )
+        return out
+
+    def _norm_notes(self, target: SearchTarget, distance: str) -> list[str]:
+        """Dot and Euclid rank like cosine only over unit-length documents: check a sample."""
+        flt = models.Filter(must=[tenant_condition(target)]) if target.scope == "field" else None
+        points, _ = self._call(
+            "scroll",
+            lambda: self.client.scroll(
+                target.collection,
+                scroll_filter=flt,
+                limit=NORM_SAMPLE,
+                with_payload=False,
+                with_vectors=[target.vector] if target.vector else True,
+            ),
+        )
+        norms = []
+        for p in points:
+            v = p.vector.get(target.vector or "") if isinstance(p.vector, dict) else p.vector
+            if isinstance(v, list) and v:
+                norms.append(math.sqrt(sum(x * x for x in v)))
+        off = [n for n in norms if abs(n - 1.0) > NORM_TOLERANCE]
+        if not off:
+            return []
+        return [
+            f"{len(off)} of {len(norms)} sampled documents are not unit length (norms "
+            f"{min(off):.3g}..{max(off):.3g}): under {distance} their ranking against unit "
+            "query vectors differs from cosine"
+        ]
+
+
+def tenant_condition(target: SearchTarget) -> models.FieldCondition:
+    assert target.tenant_field is not None and target.tenant_value is not None
+    return models.FieldCondition(
+        key=target.tenant_field, match=models.MatchValue(value=target.tenant_value)
+    )

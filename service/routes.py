@@ -348,9 +348,10 @@ async def search_response(
     )
     t0 = time.perf_counter()
     try:
+        warnings: list[str] = []
         hits = await to_thread.run_sync(
             lambda: runtime.search(
-                tenant, out.vectors[0], client_filter, body.top_k, body.with_payload
+                tenant, out.vectors[0], client_filter, body.top_k, body.with_payload, warnings
             )
         )
     except APIError:
@@ -371,8 +372,10 @@ async def search_response(
         model=out.model,
         # the body keeps its documented keys; queue and tokenize are in Server-Timing only
         timings_ms={k: round(v, 3) for k, v in timings.items() if k in _BODY_TIMINGS},
+        warnings=warnings or None,
     )
-    return _json_response(result.model_dump_json().encode(), out, timings)
+    dump = result.model_dump_json(exclude=None if warnings else {"warnings"})
+    return _json_response(dump.encode(), out, timings)
 
 
 @router.post("/search", response_model=SearchResponse)
@@ -406,6 +409,7 @@ async def readyz(request: Request) -> Response:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     checks: dict[str, str] = {}
     engines: dict[str, str] = {}
+    warnings: list[str] = []
     drain = getattr(request.app.state, "drain", None)
     if drain is not None and drain.active:
         checks["shutdown"] = "in progress: not taking new requests"
@@ -425,6 +429,12 @@ async def readyz(request: Request) -> Response:
             with anyio.fail_after(bound_s):
                 await to_thread.run_sync(runtime.gateway.ping, abandon_on_cancel=True)
             checks["qdrant"] = "ok"
+            # every tenant's search target, bounded as a whole like the ping
+            with anyio.fail_after(bound_s * 2):
+                found = await to_thread.run_sync(runtime.inspect_targets, abandon_on_cancel=True)
+            bad = [f.line() for f in found if not f.ok]
+            checks["search_targets"] = "ok" if not bad else " | ".join(bad)
+            warnings.extend(f.line() for f in found if f.ok and f.warnings)
         except QdrantUnavailable as e:
             checks["qdrant"] = e.reason
         except TimeoutError:
@@ -435,6 +445,8 @@ async def readyz(request: Request) -> Response:
     body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
     if engines:
         body["engines"] = engines
+    if warnings:  # states that indexing fixes: reported, not a reason to leave rotation
+        body["warnings"] = warnings
     return JSONResponse(
         body,
         status_code=200 if ready else 503,

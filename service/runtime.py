@@ -33,6 +33,7 @@ from service.metrics import Metrics
 from service.qdrant_gateway import CollectionNotFound, Hit, QdrantGateway
 from service.query_cache import QueryVectorCache
 from service.settings import Settings
+from service.targets import Inspection, SearchTarget, resolve_targets, settle
 from service.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class Runtime:
         self.document_encoder = document_encoder
         self.store = store
         self.tenants = tenants
+        # each tenant's collection, vector, scope and payload keys; refused here (at start-up)
+        # when one tenant could see another's points
+        self.targets = resolve_targets(tenants.tenants.values(), settings)
         self.gateway = gateway
         self.metrics = metrics
         self._bindings: dict[str, Bound] = {}
@@ -277,9 +281,11 @@ class Runtime:
                 {"collection": collection},
                 headers={"Retry-After": "1"},
             ) from e
-        if info.dim != m.out_dim:
+        target = self.target_for(tenant)
+        vec = info.vector(target.vector)
+        if vec is not None and vec.size != m.out_dim:
             problems.append(
-                f"out_dim {m.out_dim} != collection {collection!r} vector size {info.dim}"
+                f"out_dim {m.out_dim} != collection {collection!r} vector size {vec.size}"
             )
         recorded = (info.metadata.get("querylift") or {}).get("document_model")
         if recorded and recorded != m.document_model.name:
@@ -534,8 +540,16 @@ class Runtime:
         return out
 
     # -- search -----------------------------------------------------------------------------
+    def inspect_targets(self) -> list[Inspection]:
+        """Each tenant's target checked against the served (document-space) vectors."""
+        dim = self.document_encoder.dim
+        return settle([self.gateway.inspect(t, dim) for t in self.targets.values()])
+
+    def target_for(self, tenant: Tenant) -> SearchTarget:
+        return self.targets[tenant.name]
+
     def collection_for(self, tenant: Tenant) -> str:
-        return tenant.collection or self.settings.collection
+        return self.target_for(tenant).collection
 
     def search(
         self,
@@ -544,10 +558,15 @@ class Runtime:
         client_filter: object,
         top_k: int,
         with_payload: bool,
+        warnings: list[str] | None = None,
     ) -> list[Hit]:
+        """The tenant's nearest documents; a target that cannot serve is an error that says
+        why (never an empty answer that looks like "nothing matched"); why an answer is empty
+        although nothing is wrong is added to `warnings`."""
         from qdrant_client import models
 
-        collection = self.collection_for(tenant)
+        target = self.target_for(tenant)
+        collection = target.collection
         try:
             info = self.gateway.collection_info(collection)
         except CollectionNotFound:
@@ -557,21 +576,22 @@ class Runtime:
                 f"collection {collection!r} does not exist; index documents into it "
                 "with `querylift index` first",
             ) from None
-        if info.dim != vector.shape[0]:
+        vec = info.vector(target.vector)
+        if vec is None:
+            raise self._target_error(target, self.gateway.inspect(target, int(vector.shape[0])))
+        if vec.size != vector.shape[0]:
             raise APIError(
                 409,
                 "collection_dim_mismatch",
-                f"collection {collection!r} holds {info.dim}-d vectors but this tenant's "
+                f"collection {collection!r} holds {vec.size}-d vectors but this tenant's "
                 f"query vectors are {vector.shape[0]}-d",
-                {"collection_dim": info.dim, "query_dim": int(vector.shape[0])},
+                {"collection_dim": vec.size, "query_dim": int(vector.shape[0])},
             )
         assert client_filter is None or isinstance(client_filter, models.Filter)
         try:
-            return self.gateway.search(
-                collection,
+            hits = self.gateway.search(
+                target,
                 vector.tolist(),
-                tenant_field=self.settings.tenant_field,
-                tenant_value=tenant.value,
                 client_filter=client_filter,
                 limit=top_k,
                 with_payload=with_payload,
@@ -586,6 +606,32 @@ class Runtime:
                     f"Qdrant refused the filter: {str(e)[:200]}",
                 ) from None
             raise
+        if not hits and self.gateway.tenant_points(target) == 0:
+            # nothing this tenant can see: a misconfiguration is an error that says so; a
+            # tenant (or collection) with no documents yet is a true empty answer, flagged
+            found = settle(
+                [self.gateway.inspect(t, int(vector.shape[0])) for t in self._peers(target)]
+            )
+            mine = next(f for f in found if f.target is target)
+            if mine.problems:
+                raise self._target_error(target, mine)
+            if warnings is not None:
+                warnings.extend(mine.warnings)
+        return hits
+
+    def _peers(self, target: SearchTarget) -> list[SearchTarget]:
+        """The targets of one collection (the judgement of an empty scope needs them all)."""
+        return [t for t in self.targets.values() if t.collection == target.collection]
+
+    @staticmethod
+    def _target_error(target: SearchTarget, found: Inspection) -> APIError:
+        return APIError(
+            409,
+            "search_target_invalid",
+            f"tenant {target.tenant!r} cannot search {target.describe()}: "
+            + "; ".join(found.problems),
+            {"tenant": target.tenant, "collection": target.collection, "problems": found.problems},
+        )
 
 
 def _is_filter_refusal(exc: Exception) -> bool:

@@ -212,3 +212,8 @@ class SearchResponse(BaseModel):
     adapter: AdapterRef | None
     model: str
     timings_ms: dict[str, float]
+    warnings: list[str] | None = Field(
+        default=None,
+        description="Present only when an empty answer has a reason that is not an error "
+        "(the tenant has no documents yet, the collection is empty).",
+    )

@@ -140,6 +140,30 @@ class Settings(BaseSettings):
     tenant_field: str = Field(
         default="tenant", description="Payload key holding the tenant value in every point."
     )
+    tenant_scope: Literal["field", "collection"] = Field(
+        default="field",
+        description="How tenants are kept apart in their collection unless the tenants file "
+        "says otherwise: `field` (every search ANDs tenant_field == the tenant's value) or "
+        "`collection` (a tenant owns its whole collection; no other tenant may search it).",
+    )
+    vector_name: str | None = Field(
+        default=None,
+        description="Named dense vector to search (e.g. LangChain's `dense`, LlamaIndex's "
+        "`text-dense`); unset = the collection's single unnamed vector.",
+    )
+    id_source: Literal["payload", "point"] = Field(
+        default="payload",
+        description="Where /search ids come from: the payload key `id_key` (points without "
+        "it answer their point id) or the point id itself (`point`).",
+    )
+    id_key: str = Field(
+        default="doc_id", description="Payload key of the document id (`querylift index`'s)."
+    )
+    text_key: str | None = Field(
+        default=None,
+        description="Payload key of the document text; unset = the first of `text`, "
+        "`page_content` (LangChain), `_node_content` (LlamaIndex), `content`, `document`.",
+    )
 
     tenants_file: Path | None = Field(
         default=None, description="JSON tenants file; unset = single-tenant development mode."
@@ -236,9 +260,10 @@ class Settings(BaseSettings):
     batch_concurrency: int | None = Field(
         default=None,
         gt=0,
-        description="Batches in flight at once (each on its own worker thread); unset = what "
-        "the query encoder declares: 1 for transformers (one forward at a time), 4 for vllm "
-        "(its continuous batching wants new requests while others run).",
+        description="Batches in flight at once, each on its own worker thread; unset = what "
+        "the query encoder declares (1 for every backend today: on 2 CPU cores vLLM served "
+        "no more with 2 or 4, bench/engine_cpu.py). For an engine that batches by itself on "
+        "a bigger machine.",
     )
     batch_max_wait_ms: float = Field(
         default=0.0,

@@ -20,7 +20,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+    from service.tenants import Tenant
 
 Scope = Literal["field", "collection"]
 # Distances under which unit query vectors rank documents as the index meant: cosine; dot
@@ -109,11 +113,17 @@ def check_exclusive(targets: list[SearchTarget]) -> None:
 
 @dataclass
 class Inspection:
-    """What one target's check found: problems stop it serving; notes are for the operator."""
+    """What one target's check found. `problems` mean it cannot serve as configured (the
+    replica is not ready); `warnings` are states that indexing fixes (no collection yet, a
+    tenant with no documents yet), reported without taking the replica out of rotation;
+    `notes` are advice."""
 
     target: SearchTarget
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    points: int | None = None  # points the tenant can see
+    collection_points: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -121,4 +131,57 @@ class Inspection:
 
     def line(self) -> str:
         head = f"tenant {self.target.tenant!r}: {self.target.describe()}"
-        return head + (": ok" if self.ok else ": " + "; ".join(self.problems))
+        said = self.problems or self.warnings
+        return head + (": " + "; ".join(said) if said else ": ok")
+
+
+def settle(found: list[Inspection]) -> list[Inspection]:
+    """Judge targets that see no point, collection by collection: when the collection has
+    points but none of its field-scoped tenants matches any, the tenant field or values are
+    wrong (a problem: every search would come back empty); when others match, this tenant
+    just has no documents yet (a warning)."""
+    by_collection: dict[str, list[Inspection]] = {}
+    for f in found:
+        by_collection.setdefault(f.target.collection, []).append(f)
+    for group in by_collection.values():
+        nobody = all(not f.points for f in group if f.points is not None)
+        for f in group:
+            if f.points is None or f.points > 0:
+                continue
+            t = f.target
+            if not f.collection_points:
+                f.warnings.append("the collection holds no point yet")
+            elif t.scope == "field" and nobody:
+                f.problems.append(
+                    f"none of the collection's {f.collection_points} points has payload "
+                    f"{t.tenant_field} == {t.tenant_value!r}: set the tenant's `tenant_field` / "
+                    "`tenant_value`, or scope 'collection' if it owns the collection"
+                )
+            else:
+                f.warnings.append(
+                    f"no point has payload {t.tenant_field} == {t.tenant_value!r} yet"
+                )
+    return found
+
+
+def resolve_target(tenant: Tenant, settings: Settings) -> SearchTarget:
+    """The tenant's own fields over the settings' defaults."""
+    scope: Scope = tenant.scope or settings.tenant_scope
+    source = tenant.id_source or settings.id_source
+    return SearchTarget(
+        tenant=tenant.name,
+        collection=tenant.collection or settings.collection,
+        vector=tenant.vector if tenant.vector is not None else settings.vector_name,
+        scope=scope,
+        tenant_field=(tenant.tenant_field or settings.tenant_field) if scope == "field" else None,
+        tenant_value=tenant.value if scope == "field" else None,
+        id_key=None if source == "point" else (tenant.id_key or settings.id_key),
+        text_key=tenant.text_key or settings.text_key,
+    )
+
+
+def resolve_targets(tenants: Iterable[Tenant], settings: Settings) -> dict[str, SearchTarget]:
+    """Every tenant's target; ValueError (at start-up) if one tenant could see another's."""
+    targets = {t.name: resolve_target(t, settings) for t in tenants}
+    check_exclusive(list(targets.values()))
+    return targets

@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -24,6 +25,27 @@ class Tenant(BaseModel):
     api_keys_sha256: tuple[str, ...] = Field(default=(), description="sha256 hex of each key")
     collection: str | None = Field(default=None, description="defaults to settings.collection")
     tenant_value: str | None = Field(default=None, description="payload value; defaults to name")
+    # the search target: unset fields take the settings' defaults (service/targets.py)
+    vector: str | None = Field(
+        default=None, description="named dense vector; unset = QUERYLIFT_VECTOR_NAME"
+    )
+    scope: Literal["field", "collection"] | None = Field(
+        default=None,
+        description="`field`: points carry tenant_field == tenant_value; `collection`: the "
+        "tenant owns the whole collection (no filter); unset = QUERYLIFT_TENANT_SCOPE",
+    )
+    tenant_field: str | None = Field(
+        default=None, description="payload key of the tenant value; unset = QUERYLIFT_TENANT_FIELD"
+    )
+    id_source: Literal["payload", "point"] | None = Field(
+        default=None,
+        description="document ids from a payload key (`id_key`) or the point id; "
+        "unset = QUERYLIFT_ID_SOURCE",
+    )
+    id_key: str | None = Field(default=None, description="unset = QUERYLIFT_ID_KEY")
+    text_key: str | None = Field(
+        default=None, description="payload key of the text; unset = QUERYLIFT_TEXT_KEY"
+    )
     default_adapter: str | None = Field(
         default=None, description="adapter id used until an admin binds another"
     )

@@ -132,7 +132,19 @@ class FakeQdrant:
         if len(path) == 3 and path[2] == "exists":
             return {"exists": b.collection_exists(path[1])}
         if len(path) == 2:
-            return b.get_collection(path[1]).model_dump(mode="json")
+            info = b.get_collection(path[1]).model_dump(mode="json")
+            # what `querylift index` makes on a server (local mode keeps no payload index)
+            info["payload_schema"] = {
+                "tenant": {
+                    "data_type": "keyword",
+                    "params": {"type": "keyword", "is_tenant": True},
+                    "points": info.get("points_count") or 0,
+                }
+            }
+            return info
+        if path[2:] == ["points", "count"] and body is not None:
+            flt = models.Filter.model_validate(body["filter"]) if body.get("filter") else None
+            return {"count": b.count(path[1], count_filter=flt).count}
         if path[2:] == ["points", "query"] and body is not None:
             q = models.QueryRequest.model_validate(body)
             res = b.query_points(

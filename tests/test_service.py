@@ -292,7 +292,14 @@ def test_health_and_readiness(client: TestClient):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json()["checks"] == {"encoders": "ok", "qdrant": "ok"}
+    body = r.json()
+    assert body["checks"] == {"encoders": "ok", "qdrant": "ok", "search_targets": "ok"}
+    # initech shares the collection but has indexed nothing yet: said, not a reason to leave
+    # the load balancer's rotation
+    assert body["warnings"] == [
+        "tenant 'initech': collection 'docs', unnamed vector, tenant == 'initech': "
+        "no point has payload tenant == 'initech' yet"
+    ]
 
 
 def test_metrics_expose_requests_encoders_qdrant_and_adapters(
