@@ -21,7 +21,7 @@ $(BIN)/querylift: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,layouts]"
 	touch $@
 
 install: $(BIN)/querylift
@@ -67,7 +67,7 @@ serve-engine: engine-cpu models
 
 # QUERYLIFT_REQUIRE_ENGINE=1: a missing engine fails the run instead of skipping it
 test-engine: engine-cpu
-	QUERYLIFT_REQUIRE_ENGINE=1 $(ENGINE_BIN)/pytest -q tests/engine
+	QUERYLIFT_REQUIRE_ENGINE=1 $(ENGINE_BIN)/pytest -q --durations=0 --durations-min=1 tests/engine
 
 # every documented install path resolves (pip --dry-run), the Dockerfile's included
 check-installs: install

