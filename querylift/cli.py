@@ -25,6 +25,20 @@ app = typer.Typer(
 app.add_typer(adapters_app, name="adapters")
 
 
+ENGINE_START_S = 900.0
+
+
+def _started(encoder: Encoder) -> Encoder:
+    """Wait for an encoder that starts in the background (vLLM: a minute or more on CPU the
+    first time, while it compiles) before offline work hands it thousands of texts."""
+    wait_ready = getattr(encoder, "wait_ready", None)
+    if callable(wait_ready) and not wait_ready(ENGINE_START_S):
+        error = getattr(encoder, "error", None) or f"not ready after {ENGINE_START_S:g} s"
+        typer.echo(f"encoder {encoder.name} did not start: {error}", err=True)
+        raise typer.Exit(1)
+    return encoder
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -64,8 +78,8 @@ def setup(
 
     settings = Settings()
     cache = EmbeddingCache(cache_dir)
-    q = build_encoder(settings.query_encoder)
-    d = build_encoder(settings.document_encoder)
+    q = _started(build_encoder(settings.query_encoder))
+    d = _started(build_encoder(settings.document_encoder))
     gw = QdrantGateway(
         url=settings.qdrant_url, path=str(settings.qdrant_path), api_key=settings.qdrant_api_key
     )
@@ -81,7 +95,13 @@ def setup(
     finally:
         gw.close()
     t2 = time.perf_counter()
-    adapter_id, metrics = ensure_demo_adapter(settings, q, d, cache)
+    try:
+        adapter_id, metrics = ensure_demo_adapter(settings, q, d, cache)
+    finally:
+        for enc in (q, d):  # an in-process engine's processes end with it
+            close = getattr(enc, "close", None)
+            if callable(close):
+                close()
     if metrics:
         typer.echo("demo test claims (300), nDCG@10 etc.:")
         typer.echo(markdown_table(metrics, baseline=f"{d.name} alone"))
@@ -202,7 +222,7 @@ def index(
     except DataError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    encoder = build_encoder(settings.document_encoder)
+    encoder = _started(build_encoder(settings.document_encoder))
     gw = QdrantGateway(
         url=settings.qdrant_url, path=str(settings.qdrant_path), api_key=settings.qdrant_api_key
     )
@@ -245,8 +265,8 @@ def _encoders(query_encoder: str):  # -> (query Encoder, document Encoder)
     from service.settings import Settings
 
     settings = Settings()
-    d = build_encoder(settings.document_encoder)
-    q = d if query_encoder == "document" else build_encoder(settings.query_encoder)
+    d = _started(build_encoder(settings.document_encoder))
+    q = d if query_encoder == "document" else _started(build_encoder(settings.query_encoder))
     return q, d
 
 
