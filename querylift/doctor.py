@@ -27,7 +27,7 @@ def run(settings: Settings, say: Say) -> bool:
     """Print every check through `say(status, line)`; True when nothing failed."""
     from adapters.store import AdapterStore
     from service.qdrant_gateway import QdrantGateway, QdrantUnavailable
-    from service.targets import resolve_targets, settle
+    from service.targets import resolve_targets
     from service.tenants import TenantRegistry
 
     ok = True
@@ -79,7 +79,7 @@ def run(settings: Settings, say: Say) -> bool:
         if dim is None:
             fail("search targets: not checked (the document encoder's size is unknown)")
             return False
-        for found in settle([gateway.inspect(t, dim) for t in targets.values()]):
+        for found in gateway.inspect_all(list(targets.values()), dim):
             if not found.ok:
                 fail(found.line())
             else:

@@ -29,6 +29,7 @@ from service.targets import (
     RANKING_DISTANCES,
     Inspection,
     SearchTarget,
+    settle,
 )
 
 T = TypeVar("T")
@@ -286,24 +287,46 @@ class QdrantGateway:
     def tenant_points(self, target: SearchTarget) -> int:
         """Points the tenant can see (an estimate on a server): 0 means a scope that matches
         nothing, a misconfiguration rather than an empty result."""
-        flt = models.Filter(must=[tenant_condition(target)]) if target.scope == "field" else None
+        flt = scope_filter(target)
         res = self._call(
             "count",
             lambda: self.client.count(target.collection, count_filter=flt, exact=self.local),
         )
         return int(res.count)
 
-    def inspect(self, target: SearchTarget, dim: int) -> Inspection:
-        """Can `target` serve `dim`-d vectors? Every reason it cannot, in words."""
+    def inspect_all(self, targets: list[SearchTarget], dim: int) -> list[Inspection]:
+        """Can each target serve `dim`-d vectors? Every reason one cannot, in words, judged
+        together (`settle`). Tenants sharing a collection share its lookup and its count:
+        /readyz runs this on every probe, whatever the number of tenants."""
+        looked_up: dict[str, CollectionInfo | Exception] = {}
+        totals: dict[str, int] = {}
+        found = []
+        for target in targets:
+            if target.collection not in looked_up:
+                try:
+                    looked_up[target.collection] = self.collection_info(
+                        target.collection, refresh=True
+                    )
+                except (CollectionNotFound, QdrantUnavailable) as e:
+                    looked_up[target.collection] = e
+            found.append(self._inspect(target, dim, looked_up[target.collection], totals))
+        return settle(found)
+
+    def _inspect(
+        self,
+        target: SearchTarget,
+        dim: int,
+        info: CollectionInfo | Exception,
+        totals: dict[str, int],
+    ) -> Inspection:
         out = Inspection(target)
-        try:
-            info = self.collection_info(target.collection, refresh=True)
-        except CollectionNotFound:
+        if isinstance(info, CollectionNotFound):
             out.warnings.append("the collection does not exist yet")
             return out
-        except QdrantUnavailable as e:
-            out.problems.append(f"Qdrant: {e.reason}")
+        if isinstance(info, QdrantUnavailable):
+            out.problems.append(f"Qdrant: {info.reason}")
             return out
+        assert isinstance(info, CollectionInfo)
         vec = info.vector(target.vector)
         if vec is None:
             if target.vector is None:
@@ -328,9 +351,12 @@ class QdrantGateway:
                 out.notes.extend(self._norm_notes(target, vec.distance))
         try:
             out.points = self.tenant_points(target)
-            out.collection_points = (
-                out.points if target.scope == "collection" else self.count(target.collection)
-            )
+            if target.scope == "collection":
+                out.collection_points = out.points
+            else:
+                if target.collection not in totals:
+                    totals[target.collection] = self.count(target.collection)
+                out.collection_points = totals[target.collection]
         except QdrantUnavailable as e:
             out.problems.append(f"Qdrant: {e.reason}")
         if target.scope == "field" and not self.local and target.tenant_field:
@@ -349,7 +375,7 @@ class QdrantGateway:
 
     def _norm_notes(self, target: SearchTarget, distance: str) -> list[str]:
         """Dot and Euclid rank like cosine only over unit-length documents: check a sample."""
-        flt = models.Filter(must=[tenant_condition(target)]) if target.scope == "field" else None
+        flt = scope_filter(target)
         points, _ = self._call(
             "scroll",
             lambda: self.client.scroll(
@@ -373,6 +399,11 @@ class QdrantGateway:
             f"{min(off):.3g}..{max(off):.3g}): under {distance} their ranking against unit "
             "query vectors differs from cosine"
         ]
+
+
+def scope_filter(target: SearchTarget) -> models.Filter | None:
+    """The tenant's scope as a filter: its condition in `field` scope, none in `collection`."""
+    return models.Filter(must=[tenant_condition(target)]) if target.scope == "field" else None
 
 
 def tenant_condition(target: SearchTarget) -> models.FieldCondition:

@@ -33,7 +33,7 @@ from service.metrics import Metrics
 from service.qdrant_gateway import CollectionNotFound, Hit, QdrantGateway
 from service.query_cache import QueryVectorCache
 from service.settings import Settings
-from service.targets import Inspection, SearchTarget, resolve_targets, settle
+from service.targets import Inspection, SearchTarget, resolve_targets
 from service.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger(__name__)
@@ -543,7 +543,7 @@ class Runtime:
     def inspect_targets(self) -> list[Inspection]:
         """Each tenant's target checked against the served (document-space) vectors."""
         dim = self.document_encoder.dim
-        return settle([self.gateway.inspect(t, dim) for t in self.targets.values()])
+        return self.gateway.inspect_all(list(self.targets.values()), dim)
 
     def target_for(self, tenant: Tenant) -> SearchTarget:
         return self.targets[tenant.name]
@@ -578,7 +578,8 @@ class Runtime:
             ) from None
         vec = info.vector(target.vector)
         if vec is None:
-            raise self._target_error(target, self.gateway.inspect(target, int(vector.shape[0])))
+            found = self.gateway.inspect_all([target], int(vector.shape[0]))
+            raise self._target_error(target, found[0])
         if vec.size != vector.shape[0]:
             raise APIError(
                 409,
@@ -609,9 +610,7 @@ class Runtime:
         if not hits and self.gateway.tenant_points(target) == 0:
             # nothing this tenant can see: a misconfiguration is an error that says so; a
             # tenant (or collection) with no documents yet is a true empty answer, flagged
-            found = settle(
-                [self.gateway.inspect(t, int(vector.shape[0])) for t in self._peers(target)]
-            )
+            found = self.gateway.inspect_all(self._peers(target), int(vector.shape[0]))
             mine = next(f for f in found if f.target is target)
             if mine.problems:
                 raise self._target_error(target, mine)
