@@ -66,6 +66,7 @@ USER querylift
 RUN if [ "$EMBEDDED_MODELS" = "1" ]; then querylift setup --no-demo --models-dir /app/models; fi
 
 ENV QUERYLIFT_PROFILE=gpu \
+    QUERYLIFT_MODEL_HUB=true \
     QUERYLIFT_HOST=0.0.0.0 \
     QUERYLIFT_PORT=8080 \
     QUERYLIFT_ADAPTER_STORE=/var/lib/querylift/adapters \

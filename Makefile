@@ -21,7 +21,7 @@ $(BIN)/querylift: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,layouts]"
+	$(BIN)/pip install --quiet -e ".[dev,layouts,langchain,llama-index]"
 	touch $@
 
 install: $(BIN)/querylift

@@ -39,6 +39,16 @@ def _started(encoder: Encoder) -> Encoder:
     return encoder
 
 
+def _first_error(e: Exception) -> str:
+    """A pydantic error as one line: `QUERYLIFT_X: message`."""
+    errors = getattr(e, "errors", None)
+    if not callable(errors) or not errors():
+        return str(e).splitlines()[0]
+    first = errors()[0]
+    name = "QUERYLIFT_" + "__".join(str(p).upper() for p in first.get("loc", ()))
+    return f"{name}: {first.get('msg', '')}"
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -159,15 +169,34 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Overrides QUERYLIFT_PORT.")] = None,
 ) -> None:
     """Run the HTTP service (settings from QUERYLIFT_* environment variables)."""
+    import os
+
+    from pydantic import ValidationError
+
+    from service.preflight import failures_line, startup_checks
+    from service.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        typer.echo(f"querylift serve: invalid setting: {_first_error(e)}", err=True)
+        raise typer.Exit(2) from None
+    # before torch or a weight loads: a missing model folder is one line and exit 1, not a
+    # hub lookup that retries for half a minute
+    if (line := failures_line(list(startup_checks(settings)))) is not None:
+        typer.echo(f"querylift serve: cannot start: {line}", err=True)
+        raise typer.Exit(1)
+    if not settings.model_hub:  # read when huggingface_hub is first imported (just below)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
     import uvicorn
     from threadpoolctl import threadpool_limits
 
     from service.app import create_app
     from service.logs import configure_logging
-    from service.settings import Settings
     from service.shutdown import DrainingServer
 
-    settings = Settings()
     # The encoder's torch pool owns the cores; numpy's BLAS (adapter matmuls, local Qdrant)
     # gets one thread, or its pool wakes and fights torch's: on 2 cores a 16-row adapter
     # apply took 1.2 ms with BLAS threads and 0.3 ms without.
@@ -207,14 +236,24 @@ def index(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    dim: Annotated[
+        int | None,
+        typer.Option(
+            help="Index a Matryoshka prefix: the first N values of each vector, renormalised "
+            "(N below the document encoder's dim; recorded in the collection's metadata, so "
+            "the service cuts its vectors the same way)."
+        ),
+    ] = None,
 ) -> None:
     """Encode a corpus with the document encoder into a Qdrant collection (safe to re-run)."""
     from encoders import build_encoder
-    from querylift.indexing import index_documents
+    from querylift.indexing import check_prefix, index_documents
     from service.qdrant_gateway import QdrantGateway
     from service.settings import Settings
     from training.data import DataError, read_corpus
 
+    if dim is not None and dim <= 0:  # before loading a model
+        raise typer.BadParameter(f"{dim}: a prefix size is at least 1", param_hint="--dim")
     settings = Settings()
     _logging(settings.log_level)
     try:
@@ -223,6 +262,10 @@ def index(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     encoder = _started(build_encoder(settings.document_encoder))
+    try:
+        check_prefix(dim, encoder.dim)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--dim") from None
     gw = QdrantGateway(
         url=settings.qdrant_url, path=str(settings.qdrant_path), api_key=settings.qdrant_api_key
     )
@@ -237,6 +280,7 @@ def index(
             tenant_value=tenant or settings.dev_tenant,
             batch_size=batch_size,
             total=len(docs),
+            dim=dim,
         )
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
@@ -246,7 +290,8 @@ def index(
     typer.echo(
         f"indexed {report.documents} documents ({report.tokens} tokens, "
         f"{report.truncated} truncated to {encoder.max_tokens}) into "
-        f"{report.collection!r} in {time.perf_counter() - t0:.1f}s"
+        f"{report.collection!r}{f' at {dim} of {encoder.dim} dims' if dim else ''} "
+        f"in {time.perf_counter() - t0:.1f}s"
     )
 
 

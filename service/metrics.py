@@ -215,6 +215,13 @@ class Metrics:
             ["tenant", "reason"],
             registry=r,
         )
+        self.build_info = Gauge(
+            "querylift_build_info",
+            "What this process serves (1): the version, profile and encoders of GET /info.",
+            ["version", "profile", "query_encoder", "query_dim", "document_encoder",
+             "document_dim"],
+            registry=r,
+        )  # fmt: skip
         self.engine_info = Gauge(
             "querylift_engine_info",
             "The engine build behind each encoder (1): adapters are trained on one engine's "

@@ -115,6 +115,7 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any] | None
+    vector: list[float] | None = None
 
 
 class QdrantGateway:
@@ -207,6 +208,13 @@ class QdrantGateway:
         self._info[name] = ci
         return ci
 
+    def known_info(self, name: str) -> CollectionInfo | None:
+        """The last successful lookup of `name`, without calling Qdrant (None: never seen).
+
+        The request path reads a collection's recorded vector size here: /embed must not
+        wait on Qdrant, and start-up, every /readyz probe and /search refresh it."""
+        return self._info.get(name)
+
     def ensure_collection(
         self, name: str, dim: int, tenant_field: str, metadata: dict[str, Any]
     ) -> CollectionInfo:
@@ -252,6 +260,9 @@ class QdrantGateway:
         client_filter: models.Filter | None,
         limit: int,
         with_payload: bool,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
     ) -> list[Hit]:
         """Nearest points of one tenant's target. In `field` scope the tenant condition is
         ANDed with the client's filter as a nested clause, so the client filter can only
@@ -273,7 +284,12 @@ class QdrantGateway:
                 using=target.vector,
                 query_filter=models.Filter(must=must) if must else None,
                 limit=limit,
+                offset=offset or None,
+                score_threshold=score_threshold,
                 with_payload=want,
+                with_vectors=([target.vector] if target.vector else True)
+                if with_vectors
+                else False,
             ),
         )
         hits = []
@@ -281,7 +297,11 @@ class QdrantGateway:
             payload = dict(p.payload or {}) if with_payload else None
             if payload is not None and target.tenant_field is not None:
                 payload.pop(target.tenant_field, None)
-            hits.append(Hit(target.doc_id(p.id, p.payload), float(p.score), payload))
+            vector = None
+            if with_vectors:
+                v = p.vector.get(target.vector or "") if isinstance(p.vector, dict) else p.vector
+                vector = [float(x) for x in v] if isinstance(v, list) else None
+            hits.append(Hit(target.doc_id(p.id, p.payload), float(p.score), payload, vector))
         return hits
 
     def tenant_points(self, target: SearchTarget) -> int:
@@ -295,7 +315,8 @@ class QdrantGateway:
         return int(res.count)
 
     def inspect_all(self, targets: list[SearchTarget], dim: int) -> list[Inspection]:
-        """Can each target serve `dim`-d vectors? Every reason one cannot, in words, judged
+        """Can each target serve the document encoder's `dim`-d vectors (or the prefix its
+        tenant declares, or its collection records)? Every reason one cannot, in words, judged
         together (`settle`). Tenants sharing a collection share its lookup and its count:
         /readyz runs this on every probe, whatever the number of tenants."""
         looked_up: dict[str, CollectionInfo | Exception] = {}
@@ -340,8 +361,9 @@ class QdrantGateway:
                     f"{info.describe_vectors()})"
                 )
         else:
-            if vec.size != dim:
-                out.problems.append(f"its vectors are {vec.size}-d; the served vectors are {dim}-d")
+            served = target.served_dim(dim, info.metadata)
+            if (problem := target.size_problem(vec.size, dim, served)) is not None:
+                out.problems.append(problem)
             if vec.distance not in RANKING_DISTANCES:
                 out.problems.append(
                     f"distance {vec.distance} does not rank unit-length query vectors as the "

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from qdrant_client import models
 
 from service.batcher import Batcher
@@ -253,6 +253,21 @@ async def openai_response(
             "token-id arrays are not supported: send text (the query and document "
             "encoders use different tokenizers)",
         )
+    # A model name ending in `-document` selects the document path: OpenAI clients (LangChain's
+    # OpenAIEmbeddings included) cannot send `input_type` per call, but they can use a second
+    # client with another model name for indexing.
+    input_type = body.input_type
+    if (body.model or "").lower().endswith(DOCUMENT_MODEL_SUFFIX):
+        if "input_type" in body.model_fields_set and body.input_type != "document":
+            raise APIError(
+                400,
+                "conflicting_input_type",
+                f"model {body.model!r} selects the document path (it ends in "
+                f"{DOCUMENT_MODEL_SUFFIX!r}) but input_type is {body.input_type!r}; "
+                "drop one of them",
+                {"model": body.model, "input_type": body.input_type},
+            )
+        input_type = "document"
     texts = [raw] if isinstance(raw, str) else list(raw)  # type: ignore[arg-type]
     try:
         EmbedRequest(input=texts)
@@ -264,19 +279,20 @@ async def openai_response(
         batcher,
         tenant,
         texts,
-        body.input_type,
+        input_type,
         body.instruction,
         False,
         "/v1/embeddings",
     )
     vectors = _vectors(out)
-    dim = vectors.shape[1]
+    dim = vectors.shape[1]  # the tenant's served size: its collection's (prefix) size
     if body.dimensions is not None and body.dimensions != dim:
         raise APIError(
             400,
             "unsupported_dimensions",
-            f"this index's vectors have {dim} dimensions; `dimensions` must be {dim} or omitted",
-            {"dimensions": dim},
+            f"this tenant's collection takes {dim}-d vectors (the size it was indexed at); "
+            f"`dimensions` must be {dim} or omitted",
+            {"dimensions": dim, "requested": body.dimensions},
         )
     data: list[dict[str, Any]]
     if body.encoding_format == "base64":
@@ -320,6 +336,34 @@ async def openai_embeddings(
     return await openai_response(request, runtime, batcher, tenant, body)
 
 
+DOCUMENT_MODEL_SUFFIX = "-document"
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "querylift"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def openai_models(runtime: RuntimeDep, tenant: TenantDep) -> ModelList:
+    """OpenAI's model list, so clients that list or check models find the two paths of
+    /v1/embeddings: the query encoder's name (queries, through the tenant's adapter) and the
+    document encoder's name + `-document` (documents). Same tenant auth as /v1/embeddings."""
+    return ModelList(
+        data=[
+            ModelCard(id=runtime.query_encoder.name),
+            ModelCard(id=runtime.document_encoder.name + DOCUMENT_MODEL_SUFFIX),
+        ]
+    )
+
+
 async def search_response(
     request: Request, runtime: Runtime, batcher: Batcher, tenant: Tenant, body: SearchRequest
 ) -> Response:
@@ -351,7 +395,15 @@ async def search_response(
         warnings: list[str] = []
         hits = await to_thread.run_sync(
             lambda: runtime.search(
-                tenant, out.vectors[0], client_filter, body.top_k, body.with_payload, warnings
+                tenant,
+                out.vectors[0],
+                client_filter,
+                body.top_k,
+                body.with_payload,
+                warnings,
+                offset=body.offset,
+                score_threshold=body.score_threshold,
+                with_vectors=body.with_vectors,
             )
         )
     except APIError:
@@ -364,17 +416,26 @@ async def search_response(
             headers={"Retry-After": "1"},
         ) from e
     timings = {**out.timings_ms, "search": (time.perf_counter() - t0) * 1e3}
-    if (shadow := getattr(request.app.state, "shadow", None)) is not None:
+    shadow = getattr(request.app.state, "shadow", None)
+    # the shadow compares first pages: a later page or a cut-off list is not one
+    if shadow is not None and body.offset == 0 and body.score_threshold is None:
         shadow.observe(runtime, tenant, body, client_filter, out, hits)  # service/shadow.py
     result = SearchResponse(
-        results=[SearchResult(id=h.id, score=h.score, payload=h.payload) for h in hits],
+        results=[
+            SearchResult(id=h.id, score=h.score, payload=h.payload, vector=h.vector) for h in hits
+        ],
         adapter=_adapter_ref(out),
         model=out.model,
         # the body keeps its documented keys; queue and tokenize are in Server-Timing only
         timings_ms={k: round(v, 3) for k, v in timings.items() if k in _BODY_TIMINGS},
         warnings=warnings or None,
     )
-    dump = result.model_dump_json(exclude=None if warnings else {"warnings"})
+    exclude: dict[str, Any] = {}
+    if not warnings:
+        exclude["warnings"] = True
+    if not body.with_vectors:  # the key appears only when asked for
+        exclude["results"] = {"__all__": {"vector"}}
+    dump = result.model_dump_json(exclude=exclude or None)
     return _json_response(dump.encode(), out, timings)
 
 
@@ -424,6 +485,9 @@ async def readyz(request: Request) -> Response:
             if not getattr(e, "ready", True)
         ]
         checks["encoders"] = "ok" if not not_ready else "not ready: " + "; ".join(not_ready)
+        warm = getattr(request.app.state, "warmup", None)
+        if warm is not None:
+            checks["warmup"] = warm.status
         bound_s = runtime.settings.qdrant_timeout_s + 1.0
         try:
             with anyio.fail_after(bound_s):

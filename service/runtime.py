@@ -18,6 +18,7 @@ from adapters import Adapter, CheckpointError
 from adapters.store import AdapterStore, BindingEvent
 from encoders import Encoder, InputKind, Tokenized
 from encoders.base import EncoderError
+from encoders.matryoshka import truncate
 from service.adapter_cache import AdapterCache
 from service.embedding import (
     ActiveAdapter,
@@ -35,6 +36,7 @@ from service.query_cache import QueryVectorCache
 from service.settings import Settings
 from service.targets import Inspection, SearchTarget, resolve_targets
 from service.tenants import Tenant, TenantRegistry
+from service.warmup import warm_adapter_apply
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,12 @@ class Runtime:
         # each tenant's collection, vector, scope and payload keys; refused here (at start-up)
         # when one tenant could see another's points
         self.targets = resolve_targets(tenants.tenants.values(), settings)
+        for t in self.targets.values():  # a prefix cannot be longer than the vector
+            if t.dim is not None and t.dim > document_encoder.dim:
+                raise ValueError(
+                    f"tenant {t.tenant!r}: dim {t.dim} is larger than the document encoder's "
+                    f"{document_encoder.dim}-d vectors ({document_encoder.name})"
+                )
         self.gateway = gateway
         self.metrics = metrics
         self._bindings: dict[str, Bound] = {}
@@ -169,6 +177,11 @@ class Runtime:
         except (CheckpointError, OSError) as e:  # damaged or unreadable on disk
             return f"cannot be loaded: {e}"
         problems = compatibility_problems(adapter, self.query_encoder, self.document_encoder)
+        if not problems:
+            try:  # its first matmul here, before it serves a request (service/warmup.py)
+                warm_adapter_apply(adapter.apply, adapter.manifest.in_dim)
+            except (ValueError, FloatingPointError) as e:
+                problems.append(f"fails to apply: {e}")
         return "; ".join(problems) or None
 
     def _fallback(self, tenant: str, history: list[BindingEvent], bad: set[str | None]) -> Bound:
@@ -283,7 +296,15 @@ class Runtime:
             ) from e
         target = self.target_for(tenant)
         vec = info.vector(target.vector)
-        if vec is not None and vec.size != m.out_dim:
+        full = self.document_encoder.dim
+        served = target.served_dim(full, info.metadata)
+        if vec is not None and served < full:  # a prefix: the adapter's output is cut to it
+            if vec.size != served:
+                problems.append(
+                    f"collection {collection!r} vector size {vec.size} != the tenant's served "
+                    f"prefix {served} (of the document encoder's {full})"
+                )
+        elif vec is not None and vec.size != m.out_dim:
             problems.append(
                 f"out_dim {m.out_dim} != collection {collection!r} vector size {vec.size}"
             )
@@ -369,7 +390,14 @@ class Runtime:
             parts["query"] = self._part("query", item, truncated)
         if active is None or "document" in active.adapter.manifest.inputs:
             parts["document"] = self._part("document", item, truncated)
-        prep = Prepared(item, active, parts, sorted(truncated.values(), key=lambda c: c.index))
+        dim = self.served_dim(item.tenant)
+        prep = Prepared(
+            item,
+            active,
+            parts,
+            sorted(truncated.values(), key=lambda c: c.index),
+            dim=dim if dim < self.document_encoder.dim else None,
+        )
         prep.timings_ms["tokenize"] = (time.perf_counter() - t0) * 1e3
         return prep
 
@@ -465,7 +493,9 @@ class Runtime:
     def finish(
         self, preps: list[Prepared], timings: dict[str, float] | None = None
     ) -> list[tuple[Prepared, EmbedOutcome]]:
-        """Adapt every request's vectors (rows sharing an adapter stacked, one matmul each)."""
+        """Adapt every request's vectors (rows sharing an adapter stacked, one matmul each),
+        then cut them to the tenant's Matryoshka prefix where its collection holds one. The
+        cut comes last, so the query cache keeps whole raw vectors that serve every tenant."""
         t1 = time.perf_counter()
         by_adapter: dict[str, list[Prepared]] = {}
         for p in preps:
@@ -493,8 +523,11 @@ class Runtime:
         for p in preps:
             served = p.parts["query"] if p.active is not None else p.parts["document"]
             max_tokens = served.encoder.max_tokens
+            vectors = adapted[id(p)] if p.active is not None else served.vectors
+            if p.dim is not None:
+                vectors = truncate(vectors, p.dim)
             outcome = EmbedOutcome(
-                adapted[id(p)] if p.active is not None else served.vectors,
+                vectors,
                 [min(c, max_tokens) for c in served.counts],
                 served.encoder.name,
                 p.active,
@@ -540,6 +573,18 @@ class Runtime:
         return out
 
     # -- search -----------------------------------------------------------------------------
+    def served_dim(self, tenant: str) -> int:
+        """Size of the vectors `tenant` is served: its declared prefix, else the one its
+        collection records (as last looked up: never a Qdrant call here, so /embed works while
+        Qdrant is down; start-up, every /readyz probe and /search refresh it), else the
+        document encoder's full size."""
+        full = self.document_encoder.dim
+        target = self.targets.get(tenant)
+        if target is None:
+            return full
+        info = self.gateway.known_info(target.collection)
+        return target.served_dim(full, info.metadata if info is not None else None)
+
     def inspect_targets(self) -> list[Inspection]:
         """Each tenant's target checked against the served (document-space) vectors."""
         dim = self.document_encoder.dim
@@ -559,6 +604,10 @@ class Runtime:
         top_k: int,
         with_payload: bool,
         warnings: list[str] | None = None,
+        *,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
     ) -> list[Hit]:
         """The tenant's nearest documents; a target that cannot serve is an error that says
         why (never an empty answer that looks like "nothing matched"); why an answer is empty
@@ -578,14 +627,24 @@ class Runtime:
             ) from None
         vec = info.vector(target.vector)
         if vec is None:
-            found = self.gateway.inspect_all([target], int(vector.shape[0]))
+            found = self.gateway.inspect_all([target], self.document_encoder.dim)
             raise self._target_error(target, found[0])
+        if vec.size != vector.shape[0] and vec.size == self.served_dim(tenant.name) < len(vector):
+            # embedded before this replica first saw the collection's recorded prefix: cut it
+            # as `finish` now would (a prefix of a renormalised prefix is the same direction)
+            vector = truncate(vector, vec.size)
         if vec.size != vector.shape[0]:
+            hint = ""
+            if vec.size < vector.shape[0] and target.dim is None:
+                hint = (
+                    f"; if it holds a Matryoshka prefix of the document model's vectors, "
+                    f"declare `dim: {vec.size}` for this tenant in the tenants file"
+                )
             raise APIError(
                 409,
                 "collection_dim_mismatch",
                 f"collection {collection!r} holds {vec.size}-d vectors but this tenant's "
-                f"query vectors are {vector.shape[0]}-d",
+                f"query vectors are {vector.shape[0]}-d{hint}",
                 {"collection_dim": vec.size, "query_dim": int(vector.shape[0])},
             )
         assert client_filter is None or isinstance(client_filter, models.Filter)
@@ -596,6 +655,9 @@ class Runtime:
                 client_filter=client_filter,
                 limit=top_k,
                 with_payload=with_payload,
+                offset=offset,
+                score_threshold=score_threshold,
+                with_vectors=with_vectors,
             )
         except Exception as e:
             # A filter Qdrant itself refuses (local mode: ValueError; a server: a 4xx) is the
@@ -610,7 +672,7 @@ class Runtime:
         if not hits and self.gateway.tenant_points(target) == 0:
             # nothing this tenant can see: a misconfiguration is an error that says so; a
             # tenant (or collection) with no documents yet is a true empty answer, flagged
-            found = self.gateway.inspect_all(self._peers(target), int(vector.shape[0]))
+            found = self.gateway.inspect_all(self._peers(target), self.document_encoder.dim)
             mine = next(f for f in found if f.target is target)
             if mine.problems:
                 raise self._target_error(target, mine)

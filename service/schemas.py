@@ -180,18 +180,45 @@ class OpenAIEmbeddingsResponse(BaseModel):
     usage: Usage
 
 
+# deepest result a page may reach (offset + top_k): Qdrant scores every skipped point too,
+# so deep paging costs what one large top_k costs
+MAX_SEARCH_WINDOW = 1000
+
+
 class SearchRequest(_UnicodeChecked):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     query: str = Field(min_length=1)
     top_k: int = Field(default=10, ge=1, le=100)
+    offset: int = Field(
+        default=0,
+        ge=0,
+        description=f"Results to skip (paging); offset + top_k <= {MAX_SEARCH_WINDOW}.",
+    )
+    score_threshold: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="Qdrant's score_threshold: under Cosine and Dot only results scoring at "
+        "least this are returned (under Euclid, at most this distance).",
+    )
     filter: dict[str, Any] | None = Field(
         default=None, description="Qdrant filter JSON; it can only narrow the tenant's points."
     )
     with_payload: bool = True
+    with_vectors: bool = Field(
+        default=False, description="Return each result's stored vector (the searched one)."
+    )
     instruction: str | None = Field(default=None, max_length=2048)
 
     _filter_shape = field_validator("filter", mode="before")(_check_filter_shape)
+
+    @model_validator(mode="after")
+    def _window(self) -> SearchRequest:
+        if self.offset + self.top_k > MAX_SEARCH_WINDOW:
+            raise ValueError(
+                f"offset + top_k is {self.offset + self.top_k}; at most {MAX_SEARCH_WINDOW}"
+            )
+        return self
 
     @field_validator("query")
     @classmethod
@@ -205,6 +232,9 @@ class SearchResult(BaseModel):
     id: str
     score: float
     payload: dict[str, Any] | None
+    vector: list[float] | None = Field(
+        default=None, description="Only with `with_vectors: true` (absent otherwise)."
+    )
 
 
 class SearchResponse(BaseModel):

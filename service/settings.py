@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         "QUERYLIFT_*_ENCODER__* still override them.",
     )
 
+    model_hub: bool = Field(
+        default=False,
+        description="Let an encoder path that is not a local folder (a hub id such as "
+        "`Qwen/Qwen3-Embedding-8B`) be downloaded from the Hugging Face Hub into HF_HOME. "
+        "Off: nothing calls a hub, and a missing model folder stops `querylift serve` at "
+        "once with the command that creates it. The Docker image turns it on.",
+    )
     query_encoder: EncoderSpec = Field(
         default=EMBEDDED_QUERY_ENCODER, description="The big query encoder (nested fields)."
     )
@@ -163,6 +170,14 @@ class Settings(BaseSettings):
         default=None,
         description="Payload key of the document text; unset = the first of `text`, "
         "`page_content` (LangChain), `_node_content` (LlamaIndex), `content`, `document`.",
+    )
+    vector_dim: int | None = Field(
+        default=None,
+        gt=0,
+        description="Size of the collections' vectors when they hold a Matryoshka prefix of "
+        "the document model's (served vectors are cut to it and renormalised), for tenants "
+        "without their own `dim`; unset = what `querylift index --dim` recorded in the "
+        "collection, else the document encoder's full size.",
     )
 
     tenants_file: Path | None = Field(
@@ -270,6 +285,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Extra wait for a fuller batch once the encoder is free (0: none; "
         "requests that arrive while a batch runs are merged into the next one anyway).",
+    )
+    warmup: bool = Field(
+        default=True,
+        description="Before /readyz says ready, run each encoder on a few lengths and a small "
+        "batch (the first request is then not the cold one); an adapter is applied once "
+        "as it is bound, whatever this says.",
     )
     query_cache_size: int = Field(
         default=10_000,

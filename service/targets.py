@@ -13,12 +13,17 @@ the settings as defaults. Two scopes keep isolation absolute:
 `inspect_target` says, in words, why a target cannot serve (no collection, no such vector,
 the wrong size or distance, no point with the tenant's value, no tenant index on a server);
 /readyz, /search and `querylift doctor` all report its findings.
+
+A collection may hold a Matryoshka prefix of the document model's vectors (the first N values,
+renormalised): `querylift index --dim N` records N in the collection's metadata; for a
+collection made by other code a tenant declares it (`dim`, or QUERYLIFT_VECTOR_DIM). The
+service then cuts every vector it serves that tenant the same way (`served_dim`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,6 +53,9 @@ class SearchTarget:
     tenant_value: str | None  # field scope only
     id_key: str | None  # None: the point id; else this payload key (point id where absent)
     text_key: str | None  # None: the first of TEXT_KEYS a payload has
+    # declared size of the collection's vectors (the tenant's `dim`, else QUERYLIFT_VECTOR_DIM);
+    # None: what `querylift index` recorded in the collection, else the document encoder's dim
+    dim: int | None = None
 
     def describe(self) -> str:
         vec = "unnamed vector" if self.vector is None else f"vector {self.vector!r}"
@@ -56,7 +64,38 @@ class SearchTarget:
             if self.scope == "collection"
             else f"{self.tenant_field} == {self.tenant_value!r}"
         )
-        return f"collection {self.collection!r}, {vec}, {scope}"
+        size = "" if self.dim is None else f", dim {self.dim}"
+        return f"collection {self.collection!r}, {vec}, {scope}{size}"
+
+    def served_dim(self, full_dim: int, metadata: Mapping[str, Any] | None) -> int:
+        """Size of the vectors this tenant is served: declared, else recorded by `querylift
+        index` in the collection's `metadata`, else `full_dim` (the document encoder's). Below
+        `full_dim` every served vector is that prefix, renormalised."""
+        if self.dim is not None:
+            return self.dim
+        recorded = recorded_dim(metadata)
+        return recorded if recorded is not None and recorded < full_dim else full_dim
+
+    def size_problem(self, size: int, full_dim: int, served: int) -> str | None:
+        """Why a collection of `size`-d vectors cannot take this tenant's `served`-d ones
+        (None: it can); a smaller collection with no prefix on record says how to declare it."""
+        if self.dim is not None and self.dim > full_dim:
+            return (
+                f"the declared dim {self.dim} is larger than the document encoder's "
+                f"{full_dim}-d vectors"
+            )
+        if size == served:
+            return None
+        said = f"its vectors are {size}-d; the served vectors are {served}-d"
+        if self.dim is not None:
+            return f"{said} (the declared dim)"
+        if size < full_dim and served == full_dim:
+            return (
+                f"{said}: if it holds a Matryoshka prefix of the document model's vectors, "
+                f"declare it with `dim: {size}` for this tenant in the tenants file (or "
+                f"QUERYLIFT_VECTOR_DIM={size})"
+            )
+        return said
 
     def doc_id(self, point_id: Any, payload: dict[str, Any] | None) -> str:
         if self.id_key is not None and payload and self.id_key in payload:
@@ -79,6 +118,13 @@ class SearchTarget:
             if isinstance(value, str):
                 return value
         return None
+
+
+def recorded_dim(metadata: Mapping[str, Any] | None) -> int | None:
+    """The vector size `querylift index` recorded in a collection's metadata, if any."""
+    ours = (metadata or {}).get("querylift")
+    dim = ours.get("dim") if isinstance(ours, Mapping) else None
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else None
 
 
 def check_exclusive(targets: list[SearchTarget]) -> None:
@@ -177,6 +223,7 @@ def resolve_target(tenant: Tenant, settings: Settings) -> SearchTarget:
         tenant_value=tenant.value if scope == "field" else None,
         id_key=None if source == "point" else (tenant.id_key or settings.id_key),
         text_key=tenant.text_key or settings.text_key,
+        dim=tenant.dim if tenant.dim is not None else settings.vector_dim,
     )
 
 

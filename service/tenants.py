@@ -46,6 +46,13 @@ class Tenant(BaseModel):
     text_key: str | None = Field(
         default=None, description="payload key of the text; unset = QUERYLIFT_TEXT_KEY"
     )
+    dim: int | None = Field(
+        default=None,
+        gt=0,
+        description="size of the collection's vectors when it holds a Matryoshka prefix of "
+        "the document model's (every served vector is cut to it and renormalised); unset = "
+        "QUERYLIFT_VECTOR_DIM, else what `querylift index --dim` recorded, else the full size",
+    )
     default_adapter: str | None = Field(
         default=None, description="adapter id used until an admin binds another"
     )

