@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.preflight import SETUP, model_dim, startup_checks, targets_of
+from service.qdrant_gateway import QdrantGateway
 from service.settings import Settings
 
 Say = Callable[[str, str], None]
@@ -19,7 +20,7 @@ Say = Callable[[str, str], None]
 def run(settings: Settings, say: Say) -> bool:
     """Print every check through `say(status, line)`; True when nothing failed. Besides the
     start-up checks: Qdrant and every tenant's search target, as /readyz inspects them."""
-    from service.qdrant_gateway import QdrantGateway, QdrantUnavailable
+    from service.qdrant_gateway import QdrantUnavailable
 
     ok = True
     for check in startup_checks(settings):
@@ -64,6 +65,35 @@ def run(settings: Settings, say: Say) -> bool:
                 say("warn" if found.warnings else "ok", found.line())
             for note in found.notes:
                 say("note", f"tenant {found.target.tenant!r}: {note}")
+        for name in sorted({t.collection for t in targets.values()}):
+            status, line = _indexed_with(gateway, name, settings.document_encoder.name)
+            if status == "FAIL":
+                fail(line)
+            elif status:
+                say(status, line)
     finally:
         gateway.close()
     return ok
+
+
+def _indexed_with(gateway: QdrantGateway, name: str, document_model: str) -> tuple[str, str]:
+    """The document model `querylift index` recorded in the collection, against the one
+    configured: vectors of another model rank nonsense without any error ("" = no line)."""
+    from service.qdrant_gateway import CollectionNotFound, QdrantUnavailable
+
+    try:
+        meta = gateway.collection_info(name).metadata.get("querylift")
+    except (CollectionNotFound, QdrantUnavailable):
+        return "", ""  # the target lines above said so
+    recorded = meta.get("document_model") if isinstance(meta, dict) else None
+    if recorded is None:
+        return "note", (
+            f"collection {name!r}: no document model recorded (not made by `querylift "
+            f"index`): make sure it holds {document_model} vectors"
+        )
+    if recorded != document_model:
+        return "FAIL", (
+            f"collection {name!r}: indexed with {recorded}, but the document encoder is "
+            f"{document_model}: re-index it, or set QUERYLIFT_DOCUMENT_ENCODER__* to {recorded}"
+        )
+    return "ok", f"collection {name!r}: indexed with {recorded}, the document encoder"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -167,3 +168,34 @@ def test_the_docker_image_opts_into_the_hub() -> None:
     dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
     assert "QUERYLIFT_MODEL_HUB=true" in dockerfile
     assert Settings.model_fields["model_hub"].default is False
+
+
+def test_doctor_names_each_collections_document_model(
+    tmp_path: Path, doc_spec: EncoderSpec, query_spec: EncoderSpec, document_encoder: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from querylift.cli import app as cli
+    from service.qdrant_gateway import QdrantGateway
+    from tests.conftest import DOCS, index_docs
+
+    gw = QdrantGateway(path=str(tmp_path / "qdrant"))
+    index_docs(gw, document_encoder, "default", DOCS, collection="demo")
+    gw.close()
+    monkeypatch.chdir(tmp_path)
+    for key, value in {
+        "QUERYLIFT_QDRANT_PATH": str(tmp_path / "qdrant"),
+        "QUERYLIFT_QUERY_ENCODER__NAME": query_spec.name,
+        "QUERYLIFT_QUERY_ENCODER__PATH": query_spec.path,
+        "QUERYLIFT_DOCUMENT_ENCODER__NAME": doc_spec.name,
+        "QUERYLIFT_DOCUMENT_ENCODER__PATH": doc_spec.path,
+    }.items():
+        monkeypatch.setenv(key, value)
+    good = CliRunner().invoke(cli, ["doctor"])
+    assert good.exit_code == 0, good.output
+    assert f"[ok  ] collection 'demo': indexed with {doc_spec.name}" in good.output
+    monkeypatch.setenv("QUERYLIFT_DOCUMENT_ENCODER__NAME", "another-model")
+    bad = CliRunner().invoke(cli, ["doctor"])
+    assert bad.exit_code == 1, bad.output
+    assert f"indexed with {doc_spec.name}, but the document encoder is another-model" in (
+        bad.output
+    )
