@@ -108,25 +108,6 @@ def create_app(
             runtime.document_encoder.name,
             runtime.document_encoder.dim,
         )
-        # forward passes before /readyz says ready: here, before the first request, for
-        # encoders that are up; an engine that starts in the background (vLLM) is warmed on a
-        # thread once it is up, and /readyz says `running` until then
-        warm = WarmUp()
-        app.state.warmup = warm
-        stop_warm = threading.Event()
-        if not settings.warmup:
-            warm.done.set()
-        elif all(
-            getattr(e, "ready", True) for e in (runtime.query_encoder, runtime.document_encoder)
-        ):
-            await asyncio.to_thread(run_warm_up, warm, runtime, stop_warm)
-        else:
-            threading.Thread(
-                target=run_warm_up,
-                args=(warm, runtime, stop_warm),
-                name="querylift-warmup",
-                daemon=True,
-            ).start()
         for found in await asyncio.to_thread(runtime.inspect_targets):
             level = (
                 logging.ERROR
@@ -156,6 +137,30 @@ def create_app(
         )
         app.state.batcher = batcher
         batcher.start()
+        # forward passes before /readyz says ready, on the batcher's own worker thread: torch
+        # keeps an OpenMP team per calling thread, and a warm-up on another thread left a second
+        # team that cost every later request ~2 ms on 2 cores (bench.serve, c=1). Encoders that
+        # are up are warmed here, before the first request; an engine that starts in the
+        # background (vLLM) once it is up, while /readyz says `running`
+        warm = WarmUp()
+        app.state.warmup = warm
+        stop_warm = threading.Event()
+        if not settings.warmup:
+            warm.done.set()
+        elif all(
+            getattr(e, "ready", True) for e in (runtime.query_encoder, runtime.document_encoder)
+        ):
+            await asyncio.wrap_future(
+                batcher.on_worker(lambda: run_warm_up(warm, runtime, stop_warm))
+            )
+        else:
+            threading.Thread(
+                target=run_warm_up,
+                args=(warm, runtime, stop_warm),
+                kwargs={"execute": lambda fn: batcher.on_worker(fn).result()},
+                name="querylift-warmup",
+                daemon=True,
+            ).start()
         # SIGTERM (`querylift serve`): waiting requests get 503 just before the grace runs out
         drain: Drain = app.state.drain
         drain.bind(asyncio.get_running_loop())

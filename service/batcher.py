@@ -28,8 +28,10 @@ import asyncio
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from service.batch_cost import BatchCostModel
 from service.embedding import EmbedOutcome, Prepared
@@ -37,6 +39,8 @@ from service.errors import APIError
 from service.metrics import Metrics
 from service.runtime import Runtime
 from service.tasks import cancel_and_wait
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,13 @@ class Batcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+    def on_worker(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on a batch worker thread (the warm-up: torch's thread pools belong to the
+        thread that calls it, so warming on any other thread warms the wrong one)."""
+        if self._executor is None:
+            raise RuntimeError("batcher not running")
+        return self._executor.submit(fn)
 
     @property
     def running(self) -> bool:

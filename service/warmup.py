@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -93,6 +94,7 @@ def run_warm_up(
     runtime: Runtime,
     stop: threading.Event,
     timeout_s: float = 1800.0,
+    execute: Callable[[Callable[[], None]], None] | None = None,
 ) -> None:
     """Warm both encoders for every kind they serve, then each collection's first search;
     never raises (the state says why)."""
@@ -110,7 +112,10 @@ def run_warm_up(
                     return
                 state.error = f"{encoder.name} did not become ready"
                 return
-            warm_encoder(encoder, kinds)
+            if execute is None:
+                warm_encoder(encoder, kinds)
+            else:  # on the thread that serves batches (Batcher.on_worker)
+                execute(lambda e=encoder, k=kinds: warm_encoder(e, k))  # type: ignore[misc]
         warm_searches(runtime)
     except Exception as e:  # an encoder that cannot encode is reported, not raised
         state.error = f"{type(e).__name__}: {e}"
