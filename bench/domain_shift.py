@@ -41,7 +41,7 @@ from adapters.fsutil import atomic_write_bytes
 from adapters.kinds import forward as adapter_forward
 from bench.quality import _pts, _table, load_encoder
 from encoders import Encoder
-from service.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
+from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.align import sample_texts
 from training.cache import EmbeddingCache
 from training.data import Dataset, load_beir

@@ -45,12 +45,12 @@ from bench.hotswap import random_linear
 from bench.serve import KEY, Run, closed_loop
 from encoders import Encoder, EncoderSpec, Pooling, build_encoder
 from querylift.random_qwen3 import build_random_qwen3
-from service.settings import (
+from service.bindings.tenants import hash_key
+from service.ops.settings import (
     EMBEDDED_DOCUMENT_ENCODER,
     QWEN3_DEFAULT_INSTRUCTION,
     QWEN3_QUERY_TEMPLATE,
 )
-from service.tenants import hash_key
 from training.data import read_queries
 
 DEMO = Path("demo/scifact-mini")

@@ -25,8 +25,8 @@ from adapters.checkpoint import serialize
 from adapters.store import AdapterStore
 from bench.common import server, summary_ms
 from encoders import build_encoder
-from service.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
-from service.tenants import hash_key
+from service.bindings.tenants import hash_key
+from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.align import model_info
 
 QUERIES = [

@@ -26,7 +26,7 @@ from adapters.checkpoint import load_checkpoint
 from adapters.kinds import forward as adapter_forward
 from bench.quality import load_encoder
 from encoders.matryoshka import truncate
-from service.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
+from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.cache import EmbeddingCache
 from training.data import load_beir, make_splits
 from training.evaluate import evaluate_vectors

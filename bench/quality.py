@@ -33,7 +33,7 @@ from adapters import AdapterKind
 from adapters.fsutil import atomic_write_bytes
 from adapters.kinds import forward as adapter_forward
 from encoders import Encoder, EncoderSpec, build_encoder
-from service.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
+from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.cache import EmbeddingCache
 from training.data import Dataset, load_beir, make_splits
 from training.evaluate import METRICS, evaluate_vectors, exact_search, per_query

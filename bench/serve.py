@@ -47,9 +47,9 @@ from bench.common import Steal, server, verdict
 from bench.hotswap import random_linear
 from encoders import Encoder, build_encoder
 from querylift.indexing import index_documents
-from service.qdrant_gateway import QdrantGateway
-from service.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
-from service.tenants import hash_key
+from service.bindings.tenants import hash_key
+from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
+from service.search.qdrant_gateway import QdrantGateway
 from training.data import read_corpus, read_queries
 
 KEY = "bench-serve-key"

@@ -36,9 +36,9 @@ from adapters.store import AdapterStore
 from bench.common import server_process, summary_ms
 from bench.hotswap import random_linear
 from encoders import build_encoder
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.tenants import hash_key
+from service.bindings.tenants import hash_key
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 
 KEYS = {"alpha": "soak-key-alpha", "beta": "soak-key-beta"}
 ADMIN = "soak-admin-token"

@@ -81,8 +81,8 @@ def setup(
         return
     from encoders import build_encoder
     from querylift.demo import ensure_demo_adapter, ensure_demo_index
-    from service.qdrant_gateway import QdrantGateway
-    from service.settings import Settings
+    from service.ops.settings import Settings
+    from service.search.qdrant_gateway import QdrantGateway
     from training.cache import EmbeddingCache
     from training.report import markdown_table
 
@@ -126,7 +126,7 @@ def doctor() -> None:
     """Check what `querylift serve` needs (settings from QUERYLIFT_*): the encoders' folders,
     the adapter store, the tenants file, Qdrant, and every tenant's search target."""
     from querylift.doctor import run
-    from service.settings import Settings
+    from service.ops.settings import Settings
 
     marks = {"ok": "ok  ", "FAIL": "FAIL", "warn": "warn", "note": "note"}
     healthy = run(Settings(), lambda status, line: typer.echo(f"[{marks[status]}] {line}"))
@@ -173,8 +173,8 @@ def serve(
 
     from pydantic import ValidationError
 
-    from service.preflight import failures_line, startup_checks
-    from service.settings import Settings
+    from service.ops.preflight import failures_line, startup_checks
+    from service.ops.settings import Settings
 
     try:
         settings = Settings()
@@ -194,8 +194,8 @@ def serve(
     from threadpoolctl import threadpool_limits
 
     from service.app import create_app
-    from service.logs import configure_logging
-    from service.shutdown import DrainingServer
+    from service.ops.logs import configure_logging
+    from service.ops.shutdown import DrainingServer
 
     # The encoder's torch pool owns the cores; numpy's BLAS (adapter matmuls, local Qdrant)
     # gets one thread, or its pool wakes and fights torch's: on 2 cores a 16-row adapter
@@ -248,8 +248,8 @@ def index(
     """Encode a corpus with the document encoder into a Qdrant collection (safe to re-run)."""
     from encoders import build_encoder
     from querylift.indexing import check_prefix, index_documents
-    from service.qdrant_gateway import QdrantGateway
-    from service.settings import Settings
+    from service.ops.settings import Settings
+    from service.search.qdrant_gateway import QdrantGateway
     from training.data import DataError, read_corpus
 
     if dim is not None and dim <= 0:  # before loading a model
@@ -307,7 +307,7 @@ def _load_dataset(path: Path, corpus: Path | None):  # -> training.data.Dataset
 
 def _encoders(query_encoder: str):  # -> (query Encoder, document Encoder)
     from encoders import build_encoder
-    from service.settings import Settings
+    from service.ops.settings import Settings
 
     settings = Settings()
     d = _started(build_encoder(settings.document_encoder))
@@ -578,7 +578,7 @@ def _gate(
     from adapters import load_checkpoint
     from adapters.fsutil import atomic_write_bytes
     from adapters.gate import format_report, run_gate
-    from service.settings import Settings
+    from service.ops.settings import Settings
 
     settings = Settings()
     current = load_checkpoint(current_path) if current_path is not None else None

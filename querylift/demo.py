@@ -10,8 +10,8 @@ from adapters.checkpoint import serialize
 from adapters.store import AdapterStore
 from encoders import Encoder
 from querylift.indexing import index_documents
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from training.cache import EmbeddingCache
 from training.data import load_beir
 from training.pipeline import TrainConfig, TrainResult, run_training

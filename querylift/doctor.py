@@ -1,6 +1,6 @@
 """`querylift doctor`: every check the service makes before it can answer, one line each.
 
-The start-up checks of `querylift serve` (service/preflight.py: model folders, engine packages,
+The start-up checks of `querylift serve` (service/ops/preflight.py: model folders, engine packages,
 adapter store, tenants file), then Qdrant and each tenant's collection (exists, vector name,
 size, distance, tenant field and index), the inspection /readyz makes; no weight is loaded.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from service.preflight import SETUP, model_dim, startup_checks, targets_of
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
+from service.ops.preflight import SETUP, model_dim, startup_checks, targets_of
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 
 Say = Callable[[str, str], None]
 
@@ -20,7 +20,7 @@ Say = Callable[[str, str], None]
 def run(settings: Settings, say: Say) -> bool:
     """Print every check through `say(status, line)`; True when nothing failed. Besides the
     start-up checks: Qdrant and every tenant's search target, as /readyz inspects them."""
-    from service.qdrant_gateway import QdrantUnavailable
+    from service.search.qdrant_gateway import QdrantUnavailable
 
     ok = True
     for check in startup_checks(settings):
@@ -79,7 +79,7 @@ def run(settings: Settings, say: Say) -> bool:
 def _indexed_with(gateway: QdrantGateway, name: str, document_model: str) -> tuple[str, str]:
     """The document model `querylift index` recorded in the collection, against the one
     configured: vectors of another model rank nonsense without any error ("" = no line)."""
-    from service.qdrant_gateway import CollectionNotFound, QdrantUnavailable
+    from service.search.qdrant_gateway import CollectionNotFound, QdrantUnavailable
 
     try:
         meta = gateway.collection_info(name).metadata.get("querylift")

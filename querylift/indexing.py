@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from encoders import Encoder
 from encoders.matryoshka import truncate
-from service.qdrant_gateway import CollectionNotFound, QdrantGateway
-from service.targets import recorded_dim
+from service.search.qdrant_gateway import CollectionNotFound, QdrantGateway
+from service.search.targets import recorded_dim
 from training.data import Document
 
 T = TypeVar("T")

@@ -15,23 +15,23 @@ from fastapi import FastAPI
 
 from adapters.store import AdapterStore
 from encoders import Encoder, build_encoder
-from service.admin import router as admin_router
-from service.batcher import Batcher
-from service.errors import install_error_handlers
-from service.info import package_version
-from service.info import router as info_router
-from service.metrics import Metrics
-from service.middleware import install_middleware
-from service.preflight import check_model
-from service.qdrant_gateway import QdrantGateway
-from service.routes import router
+from service.admin.api import router as admin_router
+from service.admin.shadow import router as shadow_router
+from service.bindings.tenants import TenantRegistry
+from service.engine.batcher import Batcher
+from service.engine.warmup import WarmUp, run_warm_up
+from service.http.errors import install_error_handlers
+from service.http.info import package_version
+from service.http.info import router as info_router
+from service.http.middleware import install_middleware
+from service.http.routes import router
+from service.ops.metrics import Metrics
+from service.ops.preflight import check_model
+from service.ops.settings import Settings
+from service.ops.shutdown import Drain, DrainGate, stop_at_cutoff
+from service.ops.tasks import cancel_and_wait
 from service.runtime import Runtime
-from service.settings import Settings
-from service.shadow import router as shadow_router
-from service.shutdown import Drain, DrainGate, stop_at_cutoff
-from service.tasks import cancel_and_wait
-from service.tenants import TenantRegistry
-from service.warmup import WarmUp, run_warm_up
+from service.search.qdrant_gateway import QdrantGateway
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from service.replica_sync import ReplicaSync
+        from service.bindings.replica_sync import ReplicaSync
 
         start = time.perf_counter()
         runtime = build_runtime(settings, metrics, query_encoder, document_encoder, gateway)
@@ -203,7 +203,7 @@ def create_app(
     app.state.runtime = None
     app.state.batcher = None
     app.state.warmup = None
-    app.state.drain = Drain()  # begun by `querylift serve` on SIGTERM (service/shutdown.py)
+    app.state.drain = Drain()  # begun by `querylift serve` on SIGTERM (service/ops/shutdown.py)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(info_router)

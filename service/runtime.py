@@ -19,8 +19,9 @@ from adapters.store import AdapterStore, BindingEvent
 from encoders import Encoder, InputKind, Tokenized
 from encoders.base import EncoderError
 from encoders.matryoshka import truncate
-from service.adapter_cache import AdapterCache
-from service.embedding import (
+from service.bindings.adapter_cache import AdapterCache
+from service.bindings.tenants import Tenant, TenantRegistry
+from service.engine.embedding import (
     ActiveAdapter,
     Cut,
     EmbedItem,
@@ -29,14 +30,13 @@ from service.embedding import (
     Prepared,
     Which,
 )
-from service.errors import APIError
-from service.metrics import Metrics
-from service.qdrant_gateway import CollectionNotFound, Hit, QdrantGateway
-from service.query_cache import QueryVectorCache
-from service.settings import Settings
-from service.targets import Inspection, SearchTarget, resolve_targets
-from service.tenants import Tenant, TenantRegistry
-from service.warmup import warm_adapter_apply
+from service.engine.query_cache import QueryVectorCache
+from service.engine.warmup import warm_adapter_apply
+from service.http.errors import APIError
+from service.ops.metrics import Metrics
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import CollectionNotFound, Hit, QdrantGateway
+from service.search.targets import Inspection, SearchTarget, resolve_targets
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class Runtime:
             return f"cannot be loaded: {e}"
         problems = compatibility_problems(adapter, self.query_encoder, self.document_encoder)
         if not problems:
-            try:  # its first matmul here, before it serves a request (service/warmup.py)
+            try:  # its first matmul here, before it serves a request (service/engine/warmup.py)
                 warm_adapter_apply(adapter.apply, adapter.manifest.in_dim)
             except (ValueError, FloatingPointError) as e:
                 problems.append(f"fails to apply: {e}")

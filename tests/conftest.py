@@ -19,9 +19,9 @@ from adapters.checkpoint import serialize
 from adapters.store import AdapterStore
 from encoders import Encoder, EncoderSpec, Pooling, build_encoder
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.tenants import hash_key
+from service.bindings.tenants import hash_key
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.tiny_models import build_tiny_bert, build_tiny_qwen3
 from training.data import Document
 

@@ -20,11 +20,11 @@ from adapters import ModelInfo
 from adapters.store import AdapterStore
 from encoders import Encoder
 from querylift.cli import app as cli
-from service import admin as admin_module
+from service.admin import api as admin_module
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.tenants import hash_key
+from service.bindings.tenants import hash_key
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import KEYS, auth, make_linear
 from tests.live import serve
 

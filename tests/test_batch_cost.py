@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from service.batch_cost import BatchCostModel
+from service.engine.batch_cost import BatchCostModel
 
 
 def test_untrained_model_predicts_nothing():

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.batcher import Batcher
-from service.embedding import EmbedOutcome, Prepared
-from service.errors import APIError
-from service.metrics import Metrics
+from service.engine.batcher import Batcher
+from service.engine.embedding import EmbedOutcome, Prepared
+from service.http.errors import APIError
+from service.ops.metrics import Metrics
 from tests.conftest import auth
 
 

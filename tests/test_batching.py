@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from adapters.store import AdapterStore
-from service.adapter_cache import AdapterCache
-from service.errors import APIError
-from service.metrics import Metrics
+from service.bindings.adapter_cache import AdapterCache
+from service.http.errors import APIError
+from service.ops.metrics import Metrics
 from service.runtime import EmbedItem
 from tests.conftest import make_linear
 

@@ -21,8 +21,8 @@ from fastapi import FastAPI
 
 from encoders import Encoder
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import DOCS, KEYS, REPO, auth
 from tests.live import serve
 

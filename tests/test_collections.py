@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from encoders import Encoder
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.targets import SearchTarget
-from service.tenants import hash_key
+from service.bindings.tenants import hash_key
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
+from service.search.targets import SearchTarget
 from tests.conftest import DOCS, KEYS, auth
 
 TEXTS = [d.text for d in DOCS] + [

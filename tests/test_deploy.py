@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from encoders import EncoderSpec
-from service.metrics import Metrics
-from service.settings import Settings
+from service.ops.metrics import Metrics
+from service.ops.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -39,7 +39,7 @@ needs_promtool = pytest.mark.skipif(
     "(apt-get install prometheus; .ci/run does) to check deploy/prometheus/",
 )
 # named in rules, dashboard and the HPA before the service exports it (it comes with the
-# request batcher); everything else must be registered by service.metrics.Metrics
+# request batcher); everything else must be registered by service.ops.metrics.Metrics
 FUTURE_METRICS = {"querylift_queue_depth"}
 METRIC_NAME = re.compile(r"(?<![\w:])querylift_[a-z0-9_]+")
 
@@ -475,7 +475,7 @@ def test_metric_names_are_exported_by_the_service(where: str):
     used = set(METRIC_NAME.findall(text))
     assert len(used) >= 2, f"no querylift_ metric found in {where}"
     unknown = used - exported_metric_names() - FUTURE_METRICS
-    assert not unknown, f"{where} names metrics service/metrics.py does not export: {unknown}"
+    assert not unknown, f"{where} names metrics service/ops/metrics.py does not export: {unknown}"
 
 
 def test_alert_rules_cover_the_failure_modes():

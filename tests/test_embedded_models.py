@@ -19,8 +19,8 @@ from encoders import build_encoder
 from querylift.demo import DEMO_DIR
 from querylift.models import MINILM_DIR, MPNET_DIR, is_ready
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER, Settings
+from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER, Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import index_docs
 from training.align import alignment_manifest, ridge_fit
 from training.data import read_corpus

@@ -1,4 +1,4 @@
-"""The fast path (service/fastpath.py): it answers exactly as the full app does, serves only
+"""The fast path (service/http/fastpath.py): it answers exactly as the full app does, serves only
 plainly good requests, and hands everything else over with the body intact."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service import fastpath
-from service.fastpath import FastPath
-from service.schemas import EmbedResponse, OpenAIEmbeddingsResponse
+from service.http import fastpath
+from service.http.fastpath import FastPath
+from service.http.schemas import EmbedResponse, OpenAIEmbeddingsResponse
 from tests.conftest import auth
 
 LONG = "mosquito malaria parasite " * 400  # over the tiny encoders' token limits

@@ -32,8 +32,8 @@ from adapters.checkpoint import MANIFEST_FILE, TENSORS_FILE
 from adapters.store import AdapterStore
 from encoders import Encoder
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway, QdrantTimeout, QdrantUnreachable
-from service.settings import Settings
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway, QdrantTimeout, QdrantUnreachable
 from tests.conftest import auth, make_linear
 from tests.live import free_port
 

@@ -23,9 +23,9 @@ from adapters.store import AdapterStore
 from encoders import Encoder, EncoderSpec
 from querylift.cli import app as cli
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.tenants import hash_key
+from service.bindings.tenants import hash_key
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import KEYS, auth, index_docs, make_linear
 from tests.live import serve
 from tests.test_hybrid_service import make_hybrid

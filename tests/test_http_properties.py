@@ -27,9 +27,9 @@ from pydantic import SecretStr
 from adapters.store import AdapterStore
 from encoders import Encoder
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.tenants import hash_key
+from service.bindings.tenants import hash_key
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import DOCS, KEYS, index_docs, make_linear
 from training.data import Document
 

@@ -15,9 +15,9 @@ from adapters.checkpoint import parse_checkpoint, serialize
 from adapters.store import AdapterStore
 from encoders import Encoder
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
+from service.ops.settings import Settings
 from service.runtime import compatibility_problems
-from service.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import auth, make_linear
 from training.modules import init_tensors
 

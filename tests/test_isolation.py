@@ -3,7 +3,7 @@ that no point of another tenant is ever returned or touched.
 
 acme (d1..d6) and globex (g1, g2) share collection `docs`, told apart only by the payload
 field `tenant`; the service ANDs `tenant == <caller's value>` with whatever filter the caller
-sends (service/qdrant_gateway.py). tests/test_http_properties.py checks the same property on
+sends (service/search/qdrant_gateway.py). tests/test_http_properties.py checks the same property on
 generated filters.
 """
 
@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 
 from encoders import Encoder
 from querylift.indexing import point_id
-from service.qdrant_gateway import QdrantGateway
-from service.tenants import TenantRegistry, hash_key
+from service.bindings.tenants import TenantRegistry, hash_key
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import DOCS, auth, index_docs
 from training.data import Document
 

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from encoders import Encoder
-from service.middleware import BodyLimitMiddleware
-from service.schemas import MAX_FILTER_DEPTH
-from service.settings import Settings
+from service.http.middleware import BodyLimitMiddleware
+from service.http.schemas import MAX_FILTER_DEPTH
+from service.ops.settings import Settings
 from tests.conftest import auth, make_linear
 from tests.live import serve
 

@@ -26,9 +26,9 @@ from encoders import Encoder
 from encoders.matryoshka import truncate
 from querylift.indexing import collection_metadata, index_documents, point_id
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.tenants import hash_key
+from service.bindings.tenants import hash_key
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import DOCS, KEYS, auth, make_linear
 from training.data import Document
 

@@ -29,8 +29,8 @@ from encoders import Encoder, EncoderSpec, build_encoder
 from encoders.base import InputTooLongError
 from encoders.openai_http import OpenAIHTTPEncoder, UpstreamError
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.live import free_port, serve
 
 QWEN3_TEMPLATE = "Instruct: {instruction}\nQuery:{text}"

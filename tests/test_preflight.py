@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from encoders import EncoderSpec
 from service.app import create_app
-from service.preflight import check_model, check_store, failures_line, startup_checks
-from service.settings import Settings
+from service.ops.preflight import check_model, check_store, failures_line, startup_checks
+from service.ops.settings import Settings
 
 # Loaded by every Python process started with this folder on PYTHONPATH: records each socket
 # connect (and each name lookup, which precedes any connection to a hub) in a file.
@@ -175,7 +175,7 @@ def test_doctor_names_each_collections_document_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     from querylift.cli import app as cli
-    from service.qdrant_gateway import QdrantGateway
+    from service.search.qdrant_gateway import QdrantGateway
     from tests.conftest import DOCS, index_docs
 
     gw = QdrantGateway(path=str(tmp_path / "qdrant"))

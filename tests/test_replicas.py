@@ -25,10 +25,10 @@ from fastapi.testclient import TestClient
 from adapters.store import AdapterStore
 from encoders import Encoder, EncoderSpec
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.replica_sync import ReplicaSync
+from service.bindings.replica_sync import ReplicaSync
+from service.ops.settings import Settings
 from service.runtime import Bound
-from service.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import auth, make_linear, server_env
 from tests.live import free_port
 
@@ -293,7 +293,7 @@ def test_sync_task_survives_an_exception_and_keeps_syncing(
     app = create_app(
         settings, query_encoder=query_encoder, document_encoder=document_encoder, gateway=gateway
     )
-    caplog.set_level(logging.INFO, logger="service.replica_sync")
+    caplog.set_level(logging.INFO, logger="service.bindings.replica_sync")
     with TestClient(app) as client:
         sync: ReplicaSync = app.state.replica_sync
         runtime = app.state.runtime
@@ -330,7 +330,7 @@ def test_sync_task_survives_an_exception_and_keeps_syncing(
         assert "querylift_adapter_sync_failures_total 1.0" in metrics_text
     # shut down cleanly: the task is gone, the lifespan cleared it
     assert not sync.running and app.state.replica_sync is None
-    messages = [r.getMessage() for r in caplog.records if r.name == "service.replica_sync"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "service.bindings.replica_sync"]
     assert any("adapter sync failed (OSError: store volume went away)" in m for m in messages)
     assert any("recovered after 1 failed attempt" in m for m in messages)
     assert any(f"tenant acme no adapter -> {adapter.id} v1" in m for m in messages)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from adapters.store import AdapterStore
 from service.app import create_app
-from service.embedding import Prepared
+from service.engine.embedding import Prepared
 from tests.conftest import KEYS, auth, make_linear
 from tests.live import serve
 

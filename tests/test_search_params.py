@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from querylift.indexing import point_id
-from service.qdrant_gateway import QdrantGateway
-from service.schemas import MAX_SEARCH_WINDOW
+from service.http.schemas import MAX_SEARCH_WINDOW
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import DOCS, auth
 
 ACME = [d.id for d in DOCS]

@@ -22,10 +22,11 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from querylift.cli import app as cli
-from service import logs, tenants
-from service.ratelimit import TokenBucketLimiter
-from service.settings import Settings
-from service.tenants import Tenant, TenantRegistry, hash_key
+from service.bindings import tenants
+from service.bindings.tenants import Tenant, TenantRegistry, hash_key
+from service.http.ratelimit import TokenBucketLimiter
+from service.ops import logs
+from service.ops.settings import Settings
 from tests.conftest import KEYS, auth
 
 ADMIN = "security-admin-token-4f9a"
@@ -238,7 +239,7 @@ def test_json_log_lines_and_the_text_format():
 
 
 def test_serve_configures_the_logs_in_one_place(monkeypatch, tmp_path: Path):
-    import service.shutdown
+    import service.ops.shutdown
 
     seen: dict[str, Any] = {}
 
@@ -249,7 +250,7 @@ def test_serve_configures_the_logs_in_one_place(monkeypatch, tmp_path: Path):
         def run(self) -> None:
             seen["formatter"] = logging.getLogger().handlers[0].formatter
 
-    monkeypatch.setattr(service.shutdown, "DrainingServer", FakeServer)
+    monkeypatch.setattr(service.ops.shutdown, "DrainingServer", FakeServer)
     monkeypatch.setenv("QUERYLIFT_LOG_FORMAT", "json")
     monkeypatch.setenv("QUERYLIFT_ADAPTER_STORE", str(tmp_path / "adapters"))
     root = logging.getLogger()
@@ -406,7 +407,7 @@ def test_upstream_secrets_never_show_in_a_repr_or_dump() -> None:
     """The Qdrant API key and the openai_http upstream key are SecretStr: settings and encoder
     specs get logged and dumped (manifests, /admin), the keys must not come with them."""
     from encoders import EncoderSpec
-    from service.settings import Settings
+    from service.ops.settings import Settings
 
     spec = EncoderSpec(name="up", path="tok", backend="openai_http", api_key="sk-upstream-123")
     settings = Settings(qdrant_api_key="qdrant-secret-456")

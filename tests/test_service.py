@@ -271,7 +271,7 @@ def test_search_on_a_missing_collection_is_404(
     settings, query_encoder, document_encoder, adapters_bound
 ):
     from service.app import create_app
-    from service.qdrant_gateway import QdrantGateway
+    from service.search.qdrant_gateway import QdrantGateway
 
     gw = QdrantGateway(path=":memory:")
     app = create_app(

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from encoders import EncoderSpec
-from service.settings import Settings
-from service.tenants import Tenant, TenantRegistry, hash_key
+from service.bindings.tenants import Tenant, TenantRegistry, hash_key
+from service.ops.settings import Settings
 
 SETTINGS_DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 

@@ -1,4 +1,4 @@
-"""Shadow evaluation (service/shadow.py): overlap@10 of a candidate adapter on live /search
+"""Shadow evaluation (service/admin/shadow.py): overlap@10 of a candidate adapter on live /search
 traffic, measured in the background without changing any answer."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pydantic import SecretStr
 from adapters import ModelInfo
 from adapters.store import AdapterStore
 from encoders import Encoder
-from service import shadow as shadow_module
+from service.admin import shadow as shadow_module
+from service.admin.shadow import overlap_at, rank_biased_overlap
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.shadow import overlap_at, rank_biased_overlap
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import auth, index_docs, make_linear
 from tests.tiny_models import WORDS
 from training.data import Document

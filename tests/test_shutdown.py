@@ -23,9 +23,9 @@ from fastapi.testclient import TestClient
 
 from encoders import Encoder, EncoderSpec
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.shutdown import cutoff_s
+from service.ops.settings import Settings
+from service.ops.shutdown import cutoff_s
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import auth, server_env
 from tests.live import ServerProcess as Server
 from tests.live import start_serve

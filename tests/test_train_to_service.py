@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from adapters.store import AdapterStore
 from querylift.cli import app as cli
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.tiny_models import WORDS
 from training.cache import EmbeddingCache
 from training.data import load_beir

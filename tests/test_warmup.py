@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from adapters.store import AdapterStore
 from encoders import Encoder
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
-from service.warmup import LENGTHS
+from service.engine.warmup import LENGTHS
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import auth, make_linear
 
 

@@ -25,8 +25,8 @@ from qdrant_client import models
 from adapters.store import AdapterStore
 from encoders import Encoder
 from service.app import create_app
-from service.qdrant_gateway import QdrantGateway
-from service.settings import Settings
+from service.ops.settings import Settings
+from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import DOCS, KEYS, auth, index_docs, make_linear
 from tests.live import serve
 

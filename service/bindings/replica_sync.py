@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 from anyio import to_thread
 
-from service.metrics import Metrics
+from service.ops.metrics import Metrics
+from service.ops.tasks import cancel_and_wait
 from service.runtime import Bound, Runtime
-from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from fastapi import Request
 
-from service import logs
-from service.errors import APIError
-from service.tenants import Tenant
+from service.bindings.tenants import Tenant
+from service.http.errors import APIError
+from service.ops import logs
 
 
 class TokenBucketLimiter:

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from service.metrics import Metrics
+from service.ops.metrics import Metrics
 
 
 class QueryVectorCache:

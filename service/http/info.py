@@ -15,10 +15,10 @@ from pydantic import BaseModel, Field
 
 from adapters.manifest import AdapterKind
 from encoders import Encoder
-from service.errors import APIError
-from service.routes import runtime_of, tenant_of
+from service.bindings.tenants import Tenant
+from service.http.errors import APIError
+from service.http.routes import runtime_of, tenant_of
 from service.runtime import Runtime
-from service.tenants import Tenant
 
 router = APIRouter()
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from adapters import Adapter
 from adapters.store import AdapterStore
-from service.metrics import Metrics
+from service.ops.metrics import Metrics
 
 
 class AdapterCache:

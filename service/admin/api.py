@@ -11,7 +11,7 @@ collection holds (`Runtime.validate_for_tenant`). A refused activation answers 4
 reason and changes nothing. An accepted one is written to the store (which other replicas
 poll) and applied to this replica at once by `Runtime.sync` (a pointer swap).
 
-The quality gate (service/gate.py, adapters/gate.py): when the tenant has a validation set
+The quality gate (service/admin/gate.py, adapters/gate.py): when the tenant has a validation set
 (`PUT /admin/tenants/{tenant}/validation`, or one inline in the activation body), activation
 also scores the candidate, the current adapter and the document model alone on it and refuses
 (422 `quality_gate_failed`, the numbers in `details.gate`) a candidate that is materially and
@@ -43,9 +43,8 @@ from adapters import Adapter, CheckpointError, Manifest
 from adapters.checkpoint import MANIFEST_FILE, TENSORS_FILE
 from adapters.gate import GateReport
 from adapters.store import BindingEvent, TenantBinding
-from service.audit import Action, AuditLog
-from service.errors import APIError
-from service.gate import (
+from service.admin.audit import Action, AuditLog
+from service.admin.gate import (
     MAX_VALIDATION_BYTES,
     GateRecord,
     GateUnavailable,
@@ -55,11 +54,12 @@ from service.gate import (
     new_validation_set,
     parse_validation,
 )
-from service.gate import evaluate as evaluate_gate
-from service.routes import runtime_of
+from service.admin.gate import evaluate as evaluate_gate
+from service.bindings.tenants import Tenant
+from service.http.errors import APIError
+from service.http.routes import runtime_of
+from service.ops.settings import Settings
 from service.runtime import Runtime, compatibility_problems
-from service.settings import Settings
-from service.tenants import Tenant
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from pydantic import SecretStr
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from service.metrics import Metrics
-from service.targets import (
+from service.ops.metrics import Metrics
+from service.search.targets import (
     NORM_SAMPLE,
     NORM_TOLERANCE,
     RANKING_DISTANCES,

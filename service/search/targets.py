@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from service.settings import Settings
-    from service.tenants import Tenant
+    from service.bindings.tenants import Tenant
+    from service.ops.settings import Settings
 
 Scope = Literal["field", "collection"]
 # Distances under which unit query vectors rank documents as the index meant: cosine; dot

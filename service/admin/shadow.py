@@ -32,13 +32,13 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters import Adapter, CheckpointError
-from service.admin import AdminDep
-from service.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
-from service.errors import APIError
-from service.qdrant_gateway import Hit
+from service.admin.api import AdminDep
+from service.bindings.tenants import Tenant
+from service.engine.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
+from service.http.errors import APIError
+from service.http.schemas import SearchRequest
 from service.runtime import Runtime
-from service.schemas import SearchRequest
-from service.tenants import Tenant
+from service.search.qdrant_gateway import Hit
 
 log = logging.getLogger(__name__)
 

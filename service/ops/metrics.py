@@ -160,7 +160,7 @@ class Metrics:
         self.fast_path = Counter(
             "querylift_fast_path",
             "Requests to /embed, /v1/embeddings and /search by who answered them: the fast path "
-            "(service/fastpath.py) or the full app (bad input, unknown key, draining, CORS).",
+            "(service/http/fastpath.py) or the full app (bad input, unknown key, draining, CORS).",
             ["outcome"],
             registry=r,
         )

@@ -25,7 +25,7 @@ class Tenant(BaseModel):
     api_keys_sha256: tuple[str, ...] = Field(default=(), description="sha256 hex of each key")
     collection: str | None = Field(default=None, description="defaults to settings.collection")
     tenant_value: str | None = Field(default=None, description="payload value; defaults to name")
-    # the search target: unset fields take the settings' defaults (service/targets.py)
+    # the search target: unset fields take the settings' defaults (service/search/targets.py)
     vector: str | None = Field(
         default=None, description="named dense vector; unset = QUERYLIFT_VECTOR_NAME"
     )

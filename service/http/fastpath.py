@@ -26,14 +26,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import routes
-from service.batcher import Batcher
-from service.errors import APIError, internal_error
-from service.metrics import Metrics
-from service.ratelimit import admit
+from service.bindings.tenants import Tenant
+from service.engine.batcher import Batcher
+from service.http import routes
+from service.http.errors import APIError, internal_error
+from service.http.ratelimit import admit
+from service.http.schemas import EmbedRequest, OpenAIEmbeddingsRequest, SearchRequest
+from service.ops.metrics import Metrics
 from service.runtime import Runtime
-from service.schemas import EmbedRequest, OpenAIEmbeddingsRequest, SearchRequest
-from service.tenants import Tenant
 
 Handler = Callable[[Request, Runtime, Batcher, Tenant, Any], Awaitable[Response]]
 

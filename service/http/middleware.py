@@ -16,12 +16,12 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import logs
-from service.errors import REQUEST_ID_HEADER, HTTPAPIError, error_response
-from service.fastpath import FastPath
-from service.metrics import Metrics
-from service.ratelimit import TokenBucketLimiter
-from service.settings import Settings
+from service.http.errors import REQUEST_ID_HEADER, HTTPAPIError, error_response
+from service.http.fastpath import FastPath
+from service.http.ratelimit import TokenBucketLimiter
+from service.ops import logs
+from service.ops.metrics import Metrics
+from service.ops.settings import Settings
 
 access_log = logging.getLogger("querylift.access")
 
@@ -177,15 +177,15 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-# the admin upload streams up to 512 MiB under its own caps (service/admin.py)
+# the admin upload streams up to 512 MiB under its own caps (service/admin/api.py)
 BODY_LIMIT_EXEMPT = frozenset({"/admin/adapters"})
 
 
 def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     """The layers around the routes, outermost first: request context (id, logs, metrics),
-    the embed fast path (service/fastpath.py), CORS (only when origins are configured), body
+    the embed fast path (service/http/fastpath.py), CORS (only when origins are configured), body
     limit. Also the per-tenant rate limiter,
-    which the auth dependency spends (service/ratelimit.py)."""
+    which the auth dependency spends (service/http/ratelimit.py)."""
     app.state.rate_limiter = TokenBucketLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     # add_middleware puts each new layer outside the previous ones
     app.add_middleware(

@@ -33,12 +33,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from service.batch_cost import BatchCostModel
-from service.embedding import EmbedOutcome, Prepared
-from service.errors import APIError
-from service.metrics import Metrics
+from service.engine.batch_cost import BatchCostModel
+from service.engine.embedding import EmbedOutcome, Prepared
+from service.http.errors import APIError
+from service.ops.metrics import Metrics
+from service.ops.tasks import cancel_and_wait
 from service.runtime import Runtime
-from service.tasks import cancel_and_wait
 
 T = TypeVar("T")
 

@@ -15,12 +15,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from qdrant_client import models
 
-from service.batcher import Batcher
-from service.embedding import EmbedItem, EmbedOutcome
-from service.errors import APIError
-from service.ratelimit import admit
-from service.runtime import Runtime
-from service.schemas import (
+from service.bindings.tenants import Tenant
+from service.engine.batcher import Batcher
+from service.engine.embedding import EmbedItem, EmbedOutcome
+from service.http.errors import APIError
+from service.http.ratelimit import admit
+from service.http.schemas import (
     AdapterRef,
     EmbedRequest,
     EmbedResponse,
@@ -30,7 +30,7 @@ from service.schemas import (
     SearchResponse,
     SearchResult,
 )
-from service.tenants import Tenant
+from service.runtime import Runtime
 
 router = APIRouter()
 
@@ -215,7 +215,7 @@ async def _embed(
 async def embed_response(
     request: Request, runtime: Runtime, batcher: Batcher, tenant: Tenant, body: EmbedRequest
 ) -> Response:
-    """POST /embed once the request is known good (the route and service/fastpath.py)."""
+    """POST /embed once the request is known good (the route and service/http/fastpath.py)."""
     out = await _embed(
         request,
         runtime,
@@ -313,7 +313,7 @@ async def openai_response(
 
 
 # The routes document the API (request and response models in OpenAPI) and serve whatever
-# the fast path (service/fastpath.py) hands over; both answer through the *_response functions.
+# the fast path (service/http/fastpath.py) hands over; both answer through the *_response functions.
 @router.post("/embed", response_model=EmbedResponse)
 async def embed(
     request: Request,
@@ -419,7 +419,7 @@ async def search_response(
     shadow = getattr(request.app.state, "shadow", None)
     # the shadow compares first pages: a later page or a cut-off list is not one
     if shadow is not None and body.offset == 0 and body.score_threshold is None:
-        shadow.observe(runtime, tenant, body, client_filter, out, hits)  # service/shadow.py
+        shadow.observe(runtime, tenant, body, client_filter, out, hits)  # service/admin/shadow.py
     result = SearchResponse(
         results=[
             SearchResult(id=h.id, score=h.score, payload=h.payload, vector=h.vector) for h in hits
@@ -465,7 +465,7 @@ async def readyz(request: Request) -> Response:
     import anyio
     from fastapi.responses import JSONResponse
 
-    from service.qdrant_gateway import QdrantUnavailable
+    from service.search.qdrant_gateway import QdrantUnavailable
 
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     checks: dict[str, str] = {}

@@ -33,10 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from adapters import Adapter
 from adapters.fsutil import atomic_write_bytes
 from adapters.gate import GateReport, ndcg_at_k, run_gate
-from service.errors import APIError
-from service.qdrant_gateway import CollectionNotFound, tenant_condition
+from service.bindings.tenants import Tenant
+from service.http.errors import APIError
 from service.runtime import ActiveAdapter, EmbedItem, EmbedOutcome, Runtime
-from service.tenants import Tenant
+from service.search.qdrant_gateway import CollectionNotFound, tenant_condition
 
 log = logging.getLogger(__name__)
 

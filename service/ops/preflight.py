@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from encoders.base import EncoderSpec
-from service.settings import Settings
+from service.ops.settings import Settings
 
 if TYPE_CHECKING:
-    from service.targets import SearchTarget
+    from service.search.targets import SearchTarget
 
 Status = Literal["ok", "FAIL", "warn", "note"]
 
@@ -128,8 +128,8 @@ def check_store(path: Path) -> Check:
 
 
 def targets_of(settings: Settings) -> dict[str, SearchTarget]:
-    from service.targets import resolve_targets
-    from service.tenants import Tenant, TenantRegistry
+    from service.bindings.tenants import Tenant, TenantRegistry
+    from service.search.targets import resolve_targets
 
     tenants = (
         TenantRegistry.from_file(settings.tenants_file).tenants.values()

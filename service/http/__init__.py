@@ -1,0 +1,3 @@
+"""The HTTP surface: routes, the fast path, request/response schemas, the error table, middleware,
+rate limits, /info.
+"""

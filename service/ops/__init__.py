@@ -1,0 +1,1 @@
+"""Operations: settings, metrics, logs, graceful shutdown, start-up checks."""
