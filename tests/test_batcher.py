@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from service.engine.batcher import Batcher
 from service.engine.embedding import EmbedOutcome, Prepared
-from service.http.errors import APIError
+from service.engine.errors import ServiceError
+from service.http.errors import APIError, service_error_response, status_of
 from service.ops.metrics import Metrics
 from tests.conftest import auth
 
@@ -282,13 +283,13 @@ def test_stop_answers_queued_requests_503():
         await asyncio.sleep(0.05)
         await b.stop()
         for t in (running, queued):
-            with pytest.raises(APIError) as e:
+            with pytest.raises(ServiceError) as e:
                 await t
-            assert e.value.status == 503
+            assert status_of(e.value) == 503
         hold.set()
-        with pytest.raises(APIError) as e:  # no longer accepting work
+        with pytest.raises(ServiceError) as e:  # no longer accepting work
             await b.submit(FakePrep("c", ["3"]), 30)  # type: ignore[arg-type]
-        assert e.value.status == 503
+        assert status_of(e.value) == 503
 
     asyncio.run(main())
     assert len(rt.batches) == 1
@@ -312,12 +313,12 @@ def test_a_request_whose_estimated_wait_is_too_long_gets_a_fast_429():
         # the held batch's rest (at most 5 x 20 ms) + 4 queued tokens (80 ms)
         assert 0.08 <= b.estimated_wait_s() <= 0.18
         start = time.monotonic()
-        with pytest.raises(APIError) as e:
+        with pytest.raises(ServiceError) as e:
             await b.submit(FakePrep("c", ["3"], tokens_each=6), 30)  # type: ignore[arg-type]
         assert time.monotonic() - start < 0.05
-        assert e.value.status == 429 and e.value.code == "overloaded"
+        assert status_of(e.value) == 429 and e.value.code == "overloaded"
         assert e.value.details["estimated_wait_ms"] > 40
-        assert int(e.value.headers["Retry-After"]) >= 1
+        assert int(service_error_response(e.value).headers["retry-after"]) >= 1
         hold.set()
         await asyncio.gather(running, queued)
         assert b.estimated_wait_s() == 0.0  # drained: admitted again
@@ -393,7 +394,7 @@ def test_stop_answers_the_requests_of_every_batch_in_flight_503():
         await b.stop()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         rt.release.set()
-        codes = [r.code for r in results if isinstance(r, APIError)]
+        codes = [r.code for r in results if isinstance(r, ServiceError)]
         assert codes == ["shutting_down"] * 3, results
 
     asyncio.run(main())

@@ -7,9 +7,10 @@ import pytest
 
 from adapters.store import AdapterStore
 from service.bindings.adapter_cache import AdapterCache
-from service.http.errors import APIError
+from service.engine.embedding import EmbedItem
+from service.engine.errors import ServiceError
+from service.http.errors import status_of
 from service.ops.metrics import Metrics
-from service.runtime import EmbedItem
 from tests.conftest import make_linear
 
 
@@ -60,7 +61,7 @@ def test_one_bad_item_does_not_fail_the_batch(runtime):
         EmbedItem("initech", ["fine"], "query"),
     ]
     out = runtime.embed_batch(items)
-    assert isinstance(out[1], APIError) and out[1].status == 413
+    assert isinstance(out[1], ServiceError) and status_of(out[1]) == 413
     assert out[0].vectors.shape[0] == 1 and out[2].vectors.shape[0] == 1
 
 

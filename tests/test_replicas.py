@@ -27,7 +27,7 @@ from encoders import Encoder, EncoderSpec
 from service.app import create_app
 from service.bindings.replica_sync import ReplicaSync
 from service.ops.settings import Settings
-from service.runtime import Bound
+from service.runtime import ServedBinding as Bound
 from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import auth, make_linear, server_env
 from tests.live import free_port

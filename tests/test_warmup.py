@@ -133,11 +133,11 @@ def test_an_activated_adapter_is_applied_once_before_it_serves(
     document_encoder: Encoder,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import service.runtime
+    import service.bindings.bindings
 
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     applied: list[tuple[str, bool]] = []
-    real = service.runtime.warm_adapter_apply
+    real = service.bindings.bindings.warm_adapter_apply
 
     def record(apply: Any, in_dim: int) -> None:
         adapter_id = apply.__self__.id
@@ -145,7 +145,7 @@ def test_an_activated_adapter_is_applied_once_before_it_serves(
         applied.append((adapter_id, runtime.binding("acme").adapter_id == adapter_id))
         real(apply, in_dim)
 
-    monkeypatch.setattr(service.runtime, "warm_adapter_apply", record)
+    monkeypatch.setattr(service.bindings.bindings, "warm_adapter_apply", record)
     new = store.put(*make_linear(query_encoder, document_encoder, 7))
     store.activate("acme", new.id)
     assert runtime.sync()

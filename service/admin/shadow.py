@@ -35,6 +35,7 @@ from adapters import Adapter, CheckpointError
 from service.admin.api import AdminDep
 from service.bindings.tenants import Tenant
 from service.engine.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
+from service.engine.errors import ServiceError
 from service.http.errors import APIError
 from service.http.schemas import SearchRequest
 from service.runtime import Runtime
@@ -241,7 +242,7 @@ class Shadow:
         """On a worker thread: the candidate's vector for the query, then its top-k."""
         item = EmbedItem(run.tenant.name, [query], "query", instruction, adapter=run.candidate)
         (out,) = self.runtime.embed_batch([item])
-        if isinstance(out, APIError):
+        if isinstance(out, ServiceError):
             raise out
         if out.degraded:
             raise RuntimeError(f"query encoder unavailable ({out.degraded})")

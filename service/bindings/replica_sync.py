@@ -23,7 +23,7 @@ from anyio import to_thread
 
 from service.ops.metrics import Metrics
 from service.ops.tasks import cancel_and_wait
-from service.runtime import Bound, Runtime
+from service.runtime import Runtime, ServedBinding
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ class ReplicaSync:
             self._log_swaps(before, after)
         return changed
 
-    def _sync_once(self) -> tuple[dict[str, Bound | None], bool, dict[str, Bound | None]]:
+    def _sync_once(
+        self,
+    ) -> tuple[dict[str, ServedBinding | None], bool, dict[str, ServedBinding | None]]:
         names = list(self.runtime.tenants.tenants)
         before = {t: self.runtime.binding(t) for t in names}
         changed = self.runtime.sync()
@@ -126,7 +128,9 @@ class ReplicaSync:
             exc_info=e if self._failing == 1 else None,
         )
 
-    def _log_swaps(self, before: dict[str, Bound | None], after: dict[str, Bound | None]) -> None:
+    def _log_swaps(
+        self, before: dict[str, ServedBinding | None], after: dict[str, ServedBinding | None]
+    ) -> None:
         generation = self.runtime.store.generation()
         for tenant, new in after.items():
             old = before.get(tenant)
@@ -141,7 +145,7 @@ class ReplicaSync:
             )
 
 
-def _describe(b: Bound | None) -> str:
+def _describe(b: ServedBinding | None) -> str:
     if b is None or b.adapter_id is None:
         return "no adapter"
     return f"{b.adapter_id} v{b.version}"

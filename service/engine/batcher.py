@@ -19,7 +19,7 @@ batched alone, never split.
 Items whose future is already done (the client went away, or its deadline passed) are
 dropped before a batch starts. Backpressure: when `max_queue` texts are already waiting,
 `submit` answers 429 at once. The loop never dies on an exception: that batch's requests get
-the error (503 when it is not an APIError) and the next batch runs as usual.
+the error (503 when it is not an ServiceError) and the next batch runs as usual.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import TypeVar
 
 from service.engine.batch_cost import BatchCostModel
 from service.engine.embedding import EmbedOutcome, Prepared
-from service.http.errors import APIError
+from service.engine.errors import ServiceError
 from service.ops.metrics import Metrics
 from service.ops.tasks import cancel_and_wait
 from service.runtime import Runtime
@@ -117,11 +117,10 @@ class Batcher:
         for worker in list(self._workers):
             await cancel_and_wait(worker)
         self._fail_queued(
-            APIError(
-                503,
+            ServiceError(
                 "shutting_down",
                 "the service is shutting down",
-                headers={"Retry-After": "1"},
+                retry_after_s=1,
             )
         )
         if self._executor is not None:
@@ -180,8 +179,7 @@ class Batcher:
 
     def _refuse(self, why: str, retry_after_s: float) -> None:
         self.metrics.rejected.labels("overloaded").inc()
-        raise APIError(
-            429,
+        raise ServiceError(
             "overloaded",
             f"{why}; try again shortly",
             {
@@ -189,17 +187,17 @@ class Batcher:
                 "max_queue": self.max_queue,
                 "estimated_wait_ms": round(self.estimated_wait_s() * 1e3, 1),
             },
-            headers={"Retry-After": str(max(1, int(retry_after_s + 0.999)))},
+            retry_after_s=retry_after_s,
         )
 
     async def submit(self, item: Prepared, timeout_s: float) -> EmbedOutcome:
-        """The item's outcome; raises its APIError, 429 when overloaded, 504 past timeout_s.
+        """The item's outcome; raises its ServiceError, 429 when overloaded, 504 past timeout_s.
 
         Cancelling the call (the client went away) drops the item if its batch has not
         started yet.
         """
         if not self.running or self._wake is None:
-            raise APIError(503, "not_ready", "the service is not accepting work right now")
+            raise ServiceError("not_ready", "the service is not accepting work right now")
         n = max(item.misses, 1)
         if self._queued_texts and self._queued_texts + n > self.max_queue:
             self._refuse(f"{self._queued_texts} texts are already waiting", 1.0)
@@ -224,8 +222,7 @@ class Batcher:
                 out = await pending.future
         except TimeoutError:
             self.metrics.rejected.labels("timeout").inc()
-            raise APIError(
-                504,
+            raise ServiceError(
                 "timeout",
                 f"no result within {timeout_s:g} s",
                 {"timeout_s": timeout_s},
@@ -322,31 +319,29 @@ class Batcher:
             self._executor, self.runtime.run_prepared, [p.item for p in batch]
         )
         self._observe(batch, tokens)
-        results: list[EmbedOutcome | APIError]
+        results: list[EmbedOutcome | ServiceError]
         elapsed = None
         try:
             results = await work
             elapsed = time.monotonic() - now
         except asyncio.CancelledError:
-            err = APIError(
-                503,
+            err = ServiceError(
                 "shutting_down",
                 "the service is shutting down",
-                headers={"Retry-After": "1"},
+                retry_after_s=1,
             )
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(err)
             raise
-        except APIError as e:
+        except ServiceError as e:
             results = [e] * len(batch)
         except Exception as e:
             log.exception("batch of %d requests failed", len(batch))
-            failed = APIError(
-                503,
+            failed = ServiceError(
                 "batch_failed",
                 f"embedding failed: {type(e).__name__}",
-                headers={"Retry-After": "1"},
+                retry_after_s=1,
             )
             results = [failed] * len(batch)
         finally:
@@ -354,7 +349,7 @@ class Batcher:
         for p, r in zip(batch, results, strict=True):
             if p.future.done():
                 continue
-            if isinstance(r, APIError):
+            if isinstance(r, ServiceError):
                 p.future.set_exception(r)
             else:
                 p.future.set_result(r)
@@ -370,7 +365,7 @@ class Batcher:
         m.batch_requests.observe(len(batch))
         self.batches += 1
 
-    def _fail_queued(self, err: APIError) -> None:
+    def _fail_queued(self, err: ServiceError) -> None:
         while self._queue:
             p = self._queue.popleft()
             if not p.future.done():

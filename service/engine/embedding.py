@@ -1,6 +1,6 @@
 """The data that flows through one embed request: admitted, batched, encoded, adapted.
 
-A request is tokenised once at admission (`Runtime.prepare`) into one `Part` per encoder it
+A request is tokenised once at admission (`Runtime.prepare`) into one `EncoderRows` per encoder it
 needs; cached query rows arrive with their vectors, the others (`miss`) are encoded in a
 shared batch; then the tenant's adapter maps the rows into the index's space.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from adapters import Adapter
 from encoders import Encoder, InputKind, Tokenized
 
-Which = Literal["query", "document"]
+EncoderRole = Literal["query", "document"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class EmbedItem:
 
 
 @dataclass(frozen=True)
-class Cut:
+class Truncation:
     """An input cut to the encoder's limit because the client asked for truncate=true."""
 
     index: int
@@ -53,10 +53,10 @@ class Cut:
 
 
 @dataclass
-class Part:
+class EncoderRows:
     """One request's rows for one encoder."""
 
-    which: Which
+    which: EncoderRole
     encoder: Encoder
     tokens: Tokenized  # the rows to encode (cache misses), in `miss` order
     vectors: np.ndarray  # (rows, encoder dim): cache hits at admission, the rest by the batch
@@ -68,8 +68,8 @@ class Part:
 class Prepared:
     item: EmbedItem
     active: ActiveAdapter | None
-    parts: dict[Which, Part]
-    truncated: list[Cut]
+    parts: dict[EncoderRole, EncoderRows]
+    truncated: list[Truncation]
     timings_ms: dict[str, float] = field(default_factory=dict)
     degraded: str | None = None  # why the document encoder answered instead (the fallback)
     # the tenant's served size when its collection holds a Matryoshka prefix: the final
@@ -103,6 +103,6 @@ class EmbedOutcome:
     model: str
     adapter: ActiveAdapter | None
     timings_ms: dict[str, float] = field(default_factory=dict)
-    truncated: list[Cut] = field(default_factory=list)
+    truncated: list[Truncation] = field(default_factory=list)
     cache: str = "off"
     degraded: str | None = None

@@ -1,4 +1,5 @@
-"""One error shape for every failure: {"error": {"code", "message", "details"}}."""
+"""One error shape for every failure: {"error": {"code", "message", "details"}}; and the one
+table from the core's error codes to HTTP statuses (`STATUS`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.engine import errors
+from service.engine.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,28 @@ _STATUS_CODES = {
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
-class APIError(Exception):
+# The one mapping from the core's error codes (service/engine/errors.py) to HTTP statuses.
+STATUS: dict[str, int] = {
+    errors.INPUT_TOO_LONG: 413,
+    errors.ADAPTER_UNAVAILABLE: 503,
+    errors.QDRANT_UNAVAILABLE: 503,
+    errors.ENCODER_UNAVAILABLE: 503,
+    errors.OUT_OF_MEMORY: 503,
+    errors.OVERLOADED: 429,
+    errors.TIMEOUT: 504,
+    errors.NOT_READY: 503,
+    errors.SHUTTING_DOWN: 503,
+    errors.BATCH_FAILED: 503,
+    errors.COLLECTION_NOT_FOUND: 404,
+    errors.COLLECTION_DIM_MISMATCH: 409,
+    errors.SEARCH_TARGET_INVALID: 409,
+    errors.INVALID_FILTER: 422,
+}
+
+
+class APIError(ServiceError):
+    """An error raised at the HTTP edge itself (validation, auth, admin), status in hand."""
+
     def __init__(
         self,
         status: int,
@@ -40,16 +65,28 @@ class APIError(Exception):
         details: Any = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(code, message, details)
         self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
         self.headers = headers
 
     def response(self) -> JSONResponse:
         """This error in the one shape (the handler's and the fast path's answer)."""
         return error_response(self.status, self.code, self.message, self.details, self.headers)
+
+
+def status_of(exc: ServiceError) -> int:
+    return exc.status if isinstance(exc, APIError) else STATUS[exc.code]
+
+
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    """A core error in the one shape: its status from STATUS, Retry-After (whole seconds,
+    at least 1) where the core said a retry helps."""
+    if isinstance(exc, APIError):
+        return exc.response()
+    headers = None
+    if exc.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, int(exc.retry_after_s + 0.999)))}
+    return error_response(STATUS[exc.code], exc.code, exc.message, exc.details, headers)
 
 
 class HTTPAPIError(StarletteHTTPException):
@@ -118,9 +155,9 @@ def _json_error(exc: BaseException | None) -> str | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return service_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,8 +11,8 @@ a JSON body within the size limit that parses and validates, no CORS preflight t
 not draining. Anything else is handed, body replayed, to the full app, so every answer that
 can be told before work starts (401, 400, 413, 415, 422, 503) has one source: the FastAPI
 routes and handlers. Past that point both paths run the same functions
-(`routes.embed_response`, `openai_response`, `search_response`), and an `APIError` raised there is
-rendered by the same `error_response`. `QUERYLIFT_FAST_PATH=false` turns it off.
+(`routes.embed_response`, `openai_response`, `search_response`), and a `ServiceError` raised
+there is rendered by the same `service_error_response`. `QUERYLIFT_FAST_PATH=false` turns it off.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.bindings.tenants import Tenant
 from service.engine.batcher import Batcher
+from service.engine.errors import ServiceError
 from service.http import routes
-from service.http.errors import APIError, internal_error
+from service.http.errors import internal_error, service_error_response
 from service.http.ratelimit import admit
 from service.http.schemas import EmbedRequest, OpenAIEmbeddingsRequest, SearchRequest
 from service.ops.metrics import Metrics
@@ -108,8 +109,8 @@ class FastPath:
         try:
             admit(request, tenant)
             response = await handler(request, runtime, batcher, tenant, parsed)
-        except APIError as e:
-            response = e.response()
+        except ServiceError as e:
+            response = service_error_response(e)
         except Exception as e:
             response = internal_error(request, e)
         await response(scope, receive, send)

@@ -18,6 +18,7 @@ from qdrant_client import models
 from service.bindings.tenants import Tenant
 from service.engine.batcher import Batcher
 from service.engine.embedding import EmbedItem, EmbedOutcome
+from service.engine.errors import ServiceError
 from service.http.errors import APIError
 from service.http.ratelimit import admit
 from service.http.schemas import (
@@ -406,7 +407,7 @@ async def search_response(
                 with_vectors=body.with_vectors,
             )
         )
-    except APIError:
+    except ServiceError:
         raise
     except Exception as e:  # Qdrant down, timeouts, transport errors
         raise APIError(
