@@ -14,7 +14,7 @@ import threading
 from adapters.store import AdapterStore
 from encoders import Encoder
 from service.bindings.adapter_cache import AdapterCache
-from service.bindings.bindings import ServedBinding, TenantBindings, compatibility_problems
+from service.bindings.bindings import ServedBinding, TenantBindings
 from service.bindings.tenants import TenantRegistry
 from service.engine.encoding import Encoding
 from service.engine.query_cache import QueryVectorCache
@@ -24,7 +24,7 @@ from service.search.qdrant_gateway import QdrantGateway
 from service.search.searching import Searching
 from service.search.targets import resolve_targets
 
-__all__ = ["Runtime", "ServedBinding", "compatibility_problems"]
+__all__ = ["Runtime", "ServedBinding"]
 
 
 class Runtime(TenantBindings, Encoding, Searching):

@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 
 from adapters import Adapter, AdapterKind, Manifest, ModelInfo
 from adapters.checkpoint import parse_checkpoint, serialize
+from adapters.compat import compatibility_problems
 from adapters.store import AdapterStore
 from encoders import Encoder
 from service.app import create_app
 from service.ops.settings import Settings
-from service.runtime import compatibility_problems
 from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import auth, make_linear
 from training.modules import init_tensors

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from adapters.pairs import PairError, parse_pairs
+
 
 class DataError(ValueError):
     """A data file that cannot be used; the message names the file and line or id."""
@@ -270,23 +272,11 @@ def load_beir(path: Path) -> Dataset:
     return Dataset(folder.name, corpus, queries, qrels, str(path))
 
 
-def _id_list(value: Any, key: str, where: str, required: bool) -> list[str]:
-    if value is None and not required:
-        return []
-    if not isinstance(value, list) or (required and not value):
-        raise DataError(f"{where}: `{key}` must be a non-empty list of document ids")
-    out: list[str] = []
-    for v in value:
-        if not isinstance(v, str | int) or isinstance(v, bool) or str(v) == "":
-            raise DataError(f"{where}: `{key}` holds {v!r}, not a document id")
-        out.append(str(v))
-    return list(dict.fromkeys(out))
-
-
 def load_pairs(pairs_path: Path, corpus_path: Path) -> Dataset:
-    """A pairs jsonl (`{"query", "positive_ids", "negative_ids"?, "id"?}` a line) + its corpus.
+    """A pairs jsonl (adapters/pairs.py: the service's validation-set format too) + its corpus.
 
     Query ids are the given `id` or `q<line number>`; every query lands in the split `all`.
+    Every positive and negative id must be in the corpus.
     """
     pairs_path = Path(pairs_path)
     corpus = _load_corpus(corpus_path)
@@ -295,28 +285,19 @@ def load_pairs(pairs_path: Path, corpus_path: Path) -> Dataset:
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     negatives: dict[str, list[str]] = {}
-    for lineno, rec in _json_lines(pairs_path):
-        where = f"{pairs_path}:{lineno}"
-        text = rec.get("query")
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: missing or empty `query`")
-        qid = str(rec["id"]) if rec.get("id") not in (None, "") else f"q{lineno}"
-        if qid in queries:
-            raise DataError(f"{where}: duplicate query id {qid!r}")
-        pos = _id_list(rec.get("positive_ids"), "positive_ids", where, required=True)
-        neg = _id_list(rec.get("negative_ids"), "negative_ids", where, required=False)
-        for did in (*pos, *neg):
-            if did not in corpus:
-                raise DataError(f"{where}: unknown document id {did!r} (not in corpus)")
-        both = set(pos) & set(neg)
-        if both:
-            raise DataError(
-                f"{where}: document id {sorted(both)[0]!r} is both positive and negative"
-            )
-        queries[qid] = text.strip()
-        qrels[qid] = dict.fromkeys(pos, 1)
-        if neg:
-            negatives[qid] = neg
+    try:
+        for pair in parse_pairs(_json_lines(pairs_path)):
+            for did in (*pair.positive_ids, *pair.negative_ids):
+                if did not in corpus:
+                    raise DataError(
+                        f"{pairs_path}:{pair.line}: unknown document id {did!r} (not in corpus)"
+                    )
+            queries[pair.id] = pair.query
+            qrels[pair.id] = dict.fromkeys(pair.positive_ids, 1)
+            if pair.negative_ids:
+                negatives[pair.id] = list(pair.negative_ids)
+    except PairError as e:
+        raise DataError(f"{pairs_path}:{e.line}: {e.reason}") from None
     if not queries:
         raise DataError(f"{pairs_path}: no pairs (an empty split)")
     return Dataset(_stem(pairs_path), corpus, queries, {"all": qrels}, str(pairs_path), negatives)

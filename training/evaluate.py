@@ -209,7 +209,7 @@ def _max_cutoff(metrics: Sequence[str]) -> int:
     return max(cutoffs, default=0)
 
 
-def evaluate_vectors(
+def vector_scores(
     queries: np.ndarray,
     docs: np.ndarray,
     query_ids: Sequence[str],
@@ -217,11 +217,13 @@ def evaluate_vectors(
     qrels: Mapping[str, Mapping[str, int]],
     metrics: Iterable[str] = METRICS,
     k: int = 100,
-) -> dict[str, float]:
-    """Exact search, then `evaluate_run`. Only queries with relevant documents are searched.
+) -> dict[str, dict[str, float]]:
+    """{metric: {query id: score}} by exact search; only queries with relevant documents.
 
-    Every such query needs a vector (a missing one is an error, not a silent zero). The search
-    depth is at least the largest metric cutoff, so recall@100 is never cut short by `k`.
+    The per-query numbers behind `evaluate_vectors` (its means) and the paired bootstrap of
+    the quality gate, so the table and the gate score queries the same way. Every such query
+    needs a vector (a missing one is an error, not a silent zero). The search depth is at
+    least the largest metric cutoff, so recall@100 is never cut short by `k`.
     """
     metrics = _check_metrics(metrics)
     gold = _scorable(qrels)
@@ -234,4 +236,23 @@ def evaluate_vectors(
     rows = [position[q] for q in gold]
     queries = np.asarray(queries)
     run = exact_search(queries[rows], docs, list(gold), doc_ids, k=max(k, _max_cutoff(metrics)))
-    return evaluate_run(run, gold, metrics)
+    return _ranx_scores(run, gold, metrics)[1]
+
+
+def evaluate_vectors(
+    queries: np.ndarray,
+    docs: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    metrics: Iterable[str] = METRICS,
+    k: int = 100,
+) -> dict[str, float]:
+    """Each metric's mean over the queries of `vector_scores` (the same numbers as
+    `evaluate_run` on its exact-search run)."""
+    return mean_scores(vector_scores(queries, docs, query_ids, doc_ids, qrels, metrics, k))
+
+
+def mean_scores(scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """{metric: mean over queries} of {metric: {query id: score}}."""
+    return {m: float(np.mean(list(per_q.values()))) for m, per_q in scores.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,12 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters import AdapterKind, Manifest
 from adapters.checkpoint import Adapter, save_checkpoint
+from adapters.compat import compatibility_problems
 from adapters.kinds import forward as adapter_forward
 from encoders import Encoder
 from training.align import model_info, ridge_fit, sample_texts
 from training.cache import EmbeddingCache
 from training.data import DataError, Dataset, make_splits
-from training.evaluate import evaluate_vectors
+from training.evaluate import METRICS, evaluate_vectors, mean_scores, vector_scores
 from training.modules import build_module, export_tensors, init_tensors, manifest_params
 from training.trainer import AlignConfig, LabelConfig, LabelSet, train_alignment, train_labels
 
@@ -302,17 +304,35 @@ def run_training(
 
 
 def check_encoders(adapter: Adapter, query_encoder: Encoder, document_encoder: Encoder) -> None:
-    """Refuse to evaluate a checkpoint with encoders other than the ones it was trained on."""
-    m = adapter.manifest
-    problems = []
-    if m.query_model.name != query_encoder.name:
-        problems.append(f"query model {m.query_model.name!r} != {query_encoder.name!r}")
-    if m.document_model.name != document_encoder.name:
-        problems.append(f"document model {m.document_model.name!r} != {document_encoder.name!r}")
-    if not problems and m.inputs == ("query",) and m.in_dim != query_encoder.dim:
-        problems.append(f"in_dim {m.in_dim} != query encoder dim {query_encoder.dim}")
+    """Refuse to evaluate a checkpoint that the service would refuse to serve with these
+    encoders: the service's own rule (adapters/compat.py), the same reasons."""
+    problems = compatibility_problems(adapter, query_encoder, document_encoder)
     if problems:
         raise ValueError(f"checkpoint {adapter.id} does not fit: " + "; ".join(problems))
+
+
+def adapter_scores(
+    ds: Dataset,
+    adapter: Adapter | None,
+    query_encoder: Encoder,
+    document_encoder: Encoder,
+    cache: EmbeddingCache,
+    qrels: dict[str, dict[str, int]],
+    metrics: Sequence[str] = METRICS,
+) -> dict[str, dict[str, float]]:
+    """{metric: {query id: score}} of `adapter` (None: the document model's own query vectors)
+    by exact search over the cached document vectors.
+
+    The one scoring path of `querylift eval`: its table (`evaluate_adapter`, the means) and
+    its quality gate (per-query nDCG@10 for the paired bootstrap) cannot score differently.
+    """
+    kind = adapter.manifest.kind if adapter else AdapterKind.LINEAR
+    if adapter is not None:  # before encoding anything: a misfit is refused, never scored
+        check_encoders(adapter, query_encoder, document_encoder)
+    vec = Vectors(ds, query_encoder, document_encoder, cache, kind)
+    ids = sorted(qrels)
+    z = vec.document_queries(ids) if adapter is None else adapter.apply(vec.inputs(ids))
+    return vector_scores(z, vec.docs, ids, vec.doc_ids, qrels, metrics)
 
 
 def evaluate_adapter(
@@ -324,12 +344,4 @@ def evaluate_adapter(
     qrels: dict[str, dict[str, int]],
 ) -> dict[str, float]:
     """Metrics of `adapter` (None = the document model's own query vectors) on `qrels`."""
-    kind = adapter.manifest.kind if adapter else AdapterKind.LINEAR
-    vec = Vectors(ds, query_encoder, document_encoder, cache, kind)
-    ids = sorted(qrels)
-    if adapter is None:
-        z = vec.document_queries(ids)
-    else:
-        check_encoders(adapter, query_encoder, document_encoder)
-        z = adapter.apply(vec.inputs(ids))
-    return evaluate_vectors(z, vec.docs, ids, vec.doc_ids, qrels)
+    return mean_scores(adapter_scores(ds, adapter, query_encoder, document_encoder, cache, qrels))

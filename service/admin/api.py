@@ -41,6 +41,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from adapters import Adapter, CheckpointError, Manifest
 from adapters.checkpoint import MANIFEST_FILE, TENSORS_FILE
+from adapters.compat import compatibility_problems
 from adapters.gate import GateReport
 from adapters.store import BindingEvent, TenantBinding
 from service.admin.audit import Action, AuditLog
@@ -59,7 +60,7 @@ from service.bindings.tenants import Tenant
 from service.http.errors import APIError
 from service.http.routes import runtime_of
 from service.ops.settings import Settings
-from service.runtime import Runtime, compatibility_problems
+from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,13 @@
 """The quality gate, service side: tenant validation sets, the live evaluation, gate records.
 
 A tenant's validation set is the pairs format of `querylift train` (`{"query", "positive_ids",
-"negative_ids"?, "id"?}` a line; negatives are ignored here), parsed with its own small model
-because the service never imports training/. On activation the candidate adapter, the
-tenant's current adapter and the document model's own query vectors embed every validation
-query (`Runtime.embed_batch` with `EmbedItem.adapter` / `baseline`) and search the tenant's
-real collection with the tenant filter; documents are matched by the ids /search answers. The
-statistics and the decision are `adapters.gate`'s, the same code `querylift eval --gate` runs.
+"negative_ids"?, "id"?}` a line; negatives are checked, not used here), read by the parser
+training uses too (adapters/pairs.py), so a set one side accepts the other does. On
+activation the candidate adapter, the tenant's current adapter and the document model's own
+query vectors embed every validation query (`Runtime.embed_batch` with `EmbedItem.adapter` /
+`baseline`) and search the tenant's real collection with the tenant filter; documents are
+matched by the ids /search answers. The statistics and the decision are `adapters.gate`'s, the
+same code `querylift eval --gate` runs.
 
 On disk, beside the adapter store's own folders (every file written by fsync + rename):
     <store>/validation/<tenant>.json          the tenant's validation set
@@ -28,14 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters import Adapter
 from adapters.fsutil import atomic_write_bytes
 from adapters.gate import GateReport, ndcg_at_k, run_gate
+from adapters.pairs import PairError, parse_pairs
 from service.bindings.tenants import Tenant
+from service.engine.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
+from service.engine.errors import ServiceError
 from service.http.errors import APIError
-from service.runtime import ActiveAdapter, EmbedItem, EmbedOutcome, Runtime
+from service.runtime import Runtime
 from service.search.qdrant_gateway import CollectionNotFound, tenant_condition
 
 log = logging.getLogger(__name__)
@@ -52,33 +56,13 @@ class GateUnavailable(Exception):
 
 # -- validation sets ---------------------------------------------------------------------------
 class ValidationPair(BaseModel):
-    """One labelled query; unknown keys (a pairs line may carry more) are ignored."""
+    """One labelled query as stored: made from an `adapters.pairs.Pair`, which checked it."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str = Field(description="query id (the line's `id`, else `q<line number>`)")
     query: str = Field(min_length=1)
     positive_ids: list[str] = Field(min_length=1, description="relevant document ids (doc_id)")
-
-    @field_validator("query")
-    @classmethod
-    def _strip(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("empty query")
-        return v
-
-    @field_validator("positive_ids", mode="before")
-    @classmethod
-    def _ids(cls, v: Any) -> Any:
-        if not isinstance(v, list):
-            return v
-        out = []
-        for x in v:
-            if isinstance(x, bool) or not isinstance(x, str | int) or str(x) == "":
-                raise ValueError(f"{x!r} is not a document id")
-            out.append(str(x))
-        return list(dict.fromkeys(out))
 
 
 class ValidationSet(BaseModel):
@@ -151,34 +135,20 @@ def parse_validation(body: bytes, max_queries: int, max_chars: int) -> list[Vali
             {"queries": len(records), "max_queries": max_queries},
         )
     pairs: list[ValidationPair] = []
-    seen: set[str] = set()
-    for pos, rec in records:
-        if not isinstance(rec, dict):
-            raise _invalid(f"line {pos}: expected a JSON object", {"line": pos})
-        given = rec.get("id")
-        qid = str(given) if given not in (None, "") else f"q{pos}"
-        try:
-            pair = ValidationPair.model_validate({**rec, "id": qid})
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise _invalid(
-                f"line {pos}: {where}: {first['msg']}",
-                {
-                    "line": pos,
-                    "errors": [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()],
-                },
-            ) from None
-        if len(pair.query) > max_chars:
-            raise _invalid(
-                f"line {pos}: the query has {len(pair.query)} characters; the limit is "
-                f"{max_chars} (QUERYLIFT_MAX_INPUT_CHARS)",
-                {"line": pos},
+    try:
+        for pair in parse_pairs(records):
+            if len(pair.query) > max_chars:
+                raise _invalid(
+                    f"line {pair.line}: the query has {len(pair.query)} characters; the limit "
+                    f"is {max_chars} (QUERYLIFT_MAX_INPUT_CHARS)",
+                    {"line": pair.line},
+                )
+            pairs.append(
+                ValidationPair(id=pair.id, query=pair.query, positive_ids=list(pair.positive_ids))
             )
-        if pair.id in seen:
-            raise _invalid(f"line {pos}: duplicate query id {pair.id!r}", {"line": pos})
-        seen.add(pair.id)
-        pairs.append(pair)
+    except PairError as e:
+        field = {"errors": [{"loc": [e.key], "msg": e.reason}]} if e.key else {}
+        raise _invalid(str(e), {"line": e.line, **field}) from None
     return pairs
 
 
@@ -312,7 +282,7 @@ def _vectors(
             for s in systems
         ]
         for s, res in zip(systems, runtime.embed_batch(items), strict=True):
-            if isinstance(res, APIError):
+            if isinstance(res, ServiceError):
                 raise res
             assert isinstance(res, EmbedOutcome)
             out[s.key].append(np.asarray(res.vectors, dtype=np.float32))
@@ -324,7 +294,7 @@ def _rankings(runtime: Runtime, tenant: Tenant, vectors: np.ndarray) -> list[lis
     for v in vectors:
         try:
             hits = runtime.search(tenant, v, None, GATE_DEPTH, with_payload=False)
-        except APIError as e:
+        except ServiceError as e:
             if e.code in ("collection_not_found", "collection_dim_mismatch"):
                 raise GateUnavailable(e.message) from None
             raise

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapters import Adapter, CheckpointError
+from adapters.compat import compatibility_problems
 from adapters.store import AdapterStore, BindingEvent
 from encoders import Encoder
 from service.bindings.adapter_cache import AdapterCache
@@ -27,42 +28,6 @@ from service.search.qdrant_gateway import CollectionNotFound, QdrantGateway
 from service.search.targets import SearchTarget
 
 log = logging.getLogger(__name__)
-
-
-def compatibility_problems(
-    adapter: Adapter, query_encoder: Encoder, document_encoder: Encoder
-) -> list[str]:
-    """Reasons an adapter cannot serve this deployment (empty when it can)."""
-    m = adapter.manifest
-    problems = []
-    if "document" in m.inputs:
-        # hybrid: the input is [query-encoder vector; document-encoder vector] of the query
-        qd, dd = query_encoder.dim, document_encoder.dim
-        if m.in_dim != qd + dd:
-            problems.append(
-                f"in_dim {m.in_dim} != query encoder dim + document encoder dim "
-                f"({qd} + {dd} = {qd + dd})"
-            )
-        for key, served, label in (
-            ("query_dim", qd, "query"),
-            ("document_dim", dd, "document"),
-        ):
-            if m.params.get(key) != served:
-                problems.append(f"params.{key} {m.params.get(key)} != {label} encoder dim {served}")
-    elif m.in_dim != query_encoder.dim:
-        problems.append(f"in_dim {m.in_dim} != query encoder dim {query_encoder.dim}")
-    if m.out_dim != document_encoder.dim:
-        problems.append(f"out_dim {m.out_dim} != document encoder dim {document_encoder.dim}")
-    if m.query_model.name != query_encoder.name:
-        problems.append(
-            f"query model {m.query_model.name!r} != served query model {query_encoder.name!r}"
-        )
-    if m.document_model.name != document_encoder.name:
-        problems.append(
-            f"document model {m.document_model.name!r} != served document model "
-            f"{document_encoder.name!r}"
-        )
-    return problems
 
 
 @dataclass(frozen=True)
