@@ -1,18 +1,46 @@
-"""Shared helpers of the benchmarks: a querylift server in a subprocess, latency summaries."""
+"""Shared helpers of the benchmarks: a querylift server in a subprocess, latency summaries,
+the serving setup and closed-loop client that bench.serve, bench.overload, bench.engine_cpu
+and bench.first_request drive, a random linear adapter, encoders from a models folder and the
+markdown tables of the quality reports.
+
+Here rather than in the bench that first needed them, so that no bench imports another.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
+import math
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+
+from adapters import Adapter, AdapterKind, Manifest
+from adapters.checkpoint import serialize
+from adapters.store import AdapterStore
+from bench import load
+from encoders import Encoder, EncoderSpec, build_encoder
+from querylift.indexing import index_documents
+from service.bindings.tenants import hash_key
+from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
+from service.search.qdrant_gateway import QdrantGateway
+from training.align import model_info
+from training.data import read_corpus, read_queries
+
+KEY = "bench-serve-key"  # the one tenant's API key of `build_setup`
+DEMO = Path(__file__).resolve().parents[1] / "demo" / "scifact-mini"
 
 
 def free_port() -> int:
@@ -114,3 +142,168 @@ def verdict(checks: dict[str, bool]) -> int:
     for name, ok in checks.items():
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
     return 0 if all(checks.values()) else 1
+
+
+# --------------------------------------------------------------------------- models, adapters
+
+
+def load_encoder(spec: EncoderSpec, models_dir: Path) -> Encoder:
+    """`spec` with its model folder looked up in `models_dir` (exits naming the fix if absent)."""
+    path = Path(models_dir) / Path(spec.path).name
+    if not path.is_dir():
+        raise SystemExit(f"{path}: no such model folder (run `querylift setup --no-demo`)")
+    return build_encoder(spec.model_copy(update={"path": str(path)}))
+
+
+def random_linear(q: Encoder, d: Encoder, seed: int) -> tuple[bytes, bytes]:
+    """A seeded random linear adapter from `q`'s space to `d`'s, as (tensors, manifest) bytes:
+    valid for the service, its vectors meaningless, which serving benches do not care about."""
+    rng = np.random.default_rng(seed)
+    manifest = Manifest(
+        kind=AdapterKind.LINEAR,
+        in_dim=q.dim,
+        out_dim=d.dim,
+        query_model=model_info(q),
+        document_model=model_info(d),
+        name=f"bench-random-{seed}",
+    )
+    w = rng.standard_normal((d.dim, q.dim)).astype(np.float32) / np.sqrt(q.dim)
+    return serialize(manifest, {"weight": w, "bias": np.zeros(d.dim, np.float32)})
+
+
+# --------------------------------------------------------------------------- serving setup
+
+
+@dataclass
+class Setup:
+    env: dict[str, str]
+    query_encoder: Encoder
+    document_encoder: Encoder
+    adapter: Adapter
+    texts: list[str]
+    work: Path
+
+
+def build_setup(models: Path, docs: int = 200, **env: str) -> Setup:
+    """Models, one tenant with a linear adapter, a small indexed collection, the env."""
+    q = build_encoder(
+        EMBEDDED_QUERY_ENCODER.model_copy(update={"path": str(models / "all-mpnet-base-v2")})
+    )
+    d = build_encoder(
+        EMBEDDED_DOCUMENT_ENCODER.model_copy(update={"path": str(models / "all-MiniLM-L6-v2")})
+    )
+    work = Path(tempfile.mkdtemp(prefix="querylift-bench-"))
+    store = AdapterStore(work / "store")
+    adapter = store.put(*random_linear(q, d, 1))
+    store.activate("bench", adapter.id)
+    tenants = work / "tenants.json"
+    tenants.write_text(
+        json.dumps(
+            {
+                "tenants": [
+                    {"name": "bench", "api_keys_sha256": [hash_key(KEY)], "collection": "bench"}
+                ]
+            }
+        )
+    )
+    gw = QdrantGateway(path=str(work / "qdrant"))
+    corpus = list(itertools.islice(read_corpus(DEMO / "corpus.jsonl.gz"), docs))
+    index_documents(
+        gw, d, corpus, collection="bench", tenant_field="tenant", tenant_value="bench",
+        progress=False,
+    )  # fmt: skip
+    gw.close()
+    texts = list(read_queries(DEMO / "queries.jsonl.gz").values())
+    base = {
+        "QUERYLIFT_QUERY_ENCODER__PATH": str(models / "all-mpnet-base-v2"),
+        "QUERYLIFT_DOCUMENT_ENCODER__PATH": str(models / "all-MiniLM-L6-v2"),
+        "QUERYLIFT_TENANTS_FILE": str(tenants),
+        "QUERYLIFT_ADAPTER_STORE": str(store.root),
+        "QUERYLIFT_QDRANT_PATH": str(work / "qdrant"),
+        "QUERYLIFT_LOG_LEVEL": "warning",
+        "QUERYLIFT_QUERY_CACHE_SIZE": "0",
+        # closed-loop clients never push past their concurrency: measure the engine, not the
+        # admission control (bench.overload does that)
+        "QUERYLIFT_MAX_QUEUE_WAIT_MS": "0",
+    }
+    return Setup({**base, **env}, q, d, adapter, texts, work)
+
+
+@dataclass
+class Run:
+    name: str
+    concurrency: int
+    per_request: int
+    latencies: list[float] = field(default_factory=list)
+    texts_sent: list[str] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    timings: list[dict[str, float]] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    def texts_per_s(self) -> float:
+        return self.ok * self.per_request / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(np.asarray(self.latencies) * 1e3, q)) if self.latencies else 0
+
+
+async def closed_loop(
+    url: str,
+    run: Run,
+    texts: Iterator[str],
+    duration: float,
+    max_requests: int,
+    endpoint: str = "/embed",
+) -> None:
+    """`run.concurrency` workers, each sending its next request as soon as one returns; no
+    new request after `duration` (the ones in flight finish and count)."""
+    sent = 0
+    async with load.session(url, KEY, run.concurrency + 4, 600) as client:
+        stop_at = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal sent
+            while time.perf_counter() < stop_at and sent < max_requests:
+                sent += 1
+                batch = [next(texts) for _ in range(run.per_request)]
+                body: dict[str, Any] = (
+                    {"query": batch[0], "top_k": 10} if endpoint == "/search" else {"input": batch}
+                )
+                t0 = time.perf_counter()
+                status, _, data = await load.post_json(
+                    client, endpoint, body, parse=endpoint == "/search"
+                )
+                dt = time.perf_counter() - t0
+                run.statuses[status] = run.statuses.get(status, 0) + 1
+                if status == 200:
+                    run.latencies.append(dt)
+                    run.texts_sent.extend(batch)
+                    if endpoint == "/search":
+                        run.timings.append(data["timings_ms"])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(run.concurrency)))
+        run.elapsed = time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- report tables
+
+
+def md_table(header: list[str], body: list[list[str]], right_from: int = 1) -> str:
+    """A markdown table, columns from `right_from` on right-aligned (the numbers)."""
+    align = [":---" if i < right_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def pts(v: float | None) -> str:
+    """A metric difference in signed points (0.012 -> "+1.2"); empty when there is none."""
+    if v is None or not math.isfinite(v):
+        return ""
+    v = round(v * 100, 1)
+    return f"{v + 0.0:+.1f}"

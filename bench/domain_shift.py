@@ -39,7 +39,7 @@ import numpy as np
 from adapters import AdapterKind
 from adapters.fsutil import atomic_write_bytes
 from adapters.kinds import forward as adapter_forward
-from bench.quality import _pts, _table, load_encoder
+from bench.common import load_encoder, md_table, pts
 from encoders import Encoder
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.align import sample_texts
@@ -299,10 +299,10 @@ def shift_table(summary: dict[str, dict[str, Any]], base_in: float, base_out: fl
                 label,
                 f"{s['reg']:g}",
                 f"{s['in']:.3f}",
-                _pts(s["in_gain"]),
+                pts(s["in_gain"]),
                 f"{s['kept']:.0%}" if "kept" in s else "—",
                 f"{s['out']:.3f}",
-                _pts(s["out_delta"]),
+                pts(s["out_delta"]),
                 " / ".join(str(e) for e in s["best_epoch"]),
             ]
         )
@@ -316,7 +316,7 @@ def shift_table(summary: dict[str, dict[str, Any]], base_in: float, base_out: fl
         "Δ vs MiniLM (pts)",
         "best epoch per seed",
     ]
-    return _table(header, body)
+    return md_table(header, body)
 
 
 def full_table(summary: dict[str, dict[str, Any]], base: float) -> str:
@@ -327,13 +327,13 @@ def full_table(summary: dict[str, dict[str, Any]], base: float) -> str:
                 label,
                 f"{s['reg']:g}",
                 f"{s['in']:.3f}",
-                _pts(s["in_gain"]),
+                pts(s["in_gain"]),
                 f"{s['kept']:.0%}" if "kept" in s else "—",
                 " / ".join(f"{v:.3f}" for v in s["in_per_seed"]),
             ]
         )
     header = ["", "reg", "nDCG@10", "Δ vs MiniLM (pts)", "gain kept vs reg=0", "per seed"]
-    return _table(header, body)
+    return md_table(header, body)
 
 
 def choose(
@@ -356,7 +356,7 @@ def choose(
             s = next(v for k, v in summary.items() if k.startswith("hybrid") and v["reg"] == reg)
             gains.append(s["in_gain"])
             if "out_delta" in s and s["out_delta"] < -max_loss:
-                why.append(f"{name}: out-of-domain {_pts(s['out_delta'])} pts")
+                why.append(f"{name}: out-of-domain {pts(s['out_delta'])} pts")
             if s.get("kept", 1.0) < min_kept:
                 why.append(f"{name}: keeps {s['kept']:.0%} of the gain")
         verdicts.append(f"reg={reg:g}: " + ("meets both" if not why else "; ".join(why)))

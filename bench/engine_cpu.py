@@ -40,9 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from adapters.store import AdapterStore
-from bench.common import Steal, server
-from bench.hotswap import random_linear
-from bench.serve import KEY, Run, closed_loop
+from bench.common import DEMO, KEY, Run, Steal, closed_loop, random_linear, server
 from encoders import Encoder, EncoderSpec, Pooling, build_encoder
 from querylift.random_qwen3 import build_random_qwen3
 from service.bindings.tenants import hash_key
@@ -52,8 +50,6 @@ from service.ops.settings import (
     QWEN3_QUERY_TEMPLATE,
 )
 from training.data import read_queries
-
-DEMO = Path("demo/scifact-mini")
 
 
 @dataclass

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import server_process
-from bench.serve import KEY, build_setup
+from bench.common import KEY, build_setup, server_process
 
 ENDPOINTS = ("/embed", "/search")
 

@@ -20,14 +20,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from adapters import AdapterKind, Manifest
-from adapters.checkpoint import serialize
 from adapters.store import AdapterStore
-from bench.common import server, summary_ms
+from bench.common import random_linear, server, summary_ms
 from encoders import build_encoder
 from service.bindings.tenants import hash_key
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
-from training.align import model_info
 
 QUERIES = [
     "What causes malaria?",
@@ -45,20 +42,6 @@ QUERIES = [
 ]
 KEYS = {"alpha": "bench-key-alpha", "beta": "bench-key-beta"}
 ADMIN = "bench-admin-token"
-
-
-def random_linear(q, d, seed: int) -> tuple[bytes, bytes]:
-    rng = np.random.default_rng(seed)
-    manifest = Manifest(
-        kind=AdapterKind.LINEAR,
-        in_dim=q.dim,
-        out_dim=d.dim,
-        query_model=model_info(q),
-        document_model=model_info(d),
-        name=f"bench-random-{seed}",
-    )
-    w = rng.standard_normal((d.dim, q.dim)).astype(np.float32) / np.sqrt(q.dim)
-    return serialize(manifest, {"weight": w, "bias": np.zeros(d.dim, np.float32)})
 
 
 async def load(url: str, stop: asyncio.Event, concurrency: int, records: list, errors: list):

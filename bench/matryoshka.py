@@ -24,7 +24,7 @@ import numpy as np
 from adapters import AdapterKind
 from adapters.checkpoint import load_checkpoint
 from adapters.kinds import forward as adapter_forward
-from bench.quality import load_encoder
+from bench.common import load_encoder
 from encoders.matryoshka import truncate
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.cache import EmbeddingCache

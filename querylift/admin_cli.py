@@ -6,8 +6,12 @@ reason) on stderr and exits with status 1.
 
 from __future__ import annotations
 
+import functools
 import getpass
+import inspect
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -60,68 +64,119 @@ def _actor(actor: str | None) -> str:
         return "admin"
 
 
-def _call(
-    method: str,
-    url: str,
-    path: str,
-    token: str | None,
-    actor: str | None,
-    timeout: float,
-    **kwargs: Any,
-) -> Any:
-    """One admin request; prints the error and exits 1 on anything but a 2xx answer."""
-    import httpx
-
-    if not token:
-        raise _fail("no admin token: pass --token or set QUERYLIFT_ADMIN_TOKEN", 2)
-    headers = {
-        **kwargs.pop("headers", {}),
-        "Authorization": f"Bearer {token}",
-        "X-Querylift-Actor": _actor(actor),
-    }
-    try:
-        r = httpx.request(
-            method, url.rstrip("/") + path, headers=headers, timeout=timeout, **kwargs
-        )
-    except httpx.HTTPError as e:
-        raise _fail(f"cannot reach {url}: {type(e).__name__}: {e}") from None
-    if r.is_success:
-        return r.json() if r.content else None
-    try:
-        err = r.json()["error"]
-        message = f"{r.status_code} {err['code']}: {err['message']}"
-        reasons = (err.get("details") or {}).get("reasons") if isinstance(err, dict) else None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        message, reasons = f"{r.status_code}: {r.text[:500]}", None
-    typer.echo(f"error: {message}", err=True)
-    for reason in reasons or []:
-        typer.echo(f"  - {reason}", err=True)
-    raise typer.Exit(1)
-
-
 def _print(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-@adapters_app.command("list")
-def list_(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, timeout: TimeoutOpt = 30.0) -> None:
+def _q(segment: str) -> str:
+    """A tenant name or adapter id as one URL path segment."""
+    return quote(segment, safe="")
+
+
+@dataclass(frozen=True)
+class Admin:
+    """Where and as whom the admin API is called: the options every command shares."""
+
+    url: str
+    token: str | None
+    actor: str | None
+    timeout: float
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One admin request; prints the error and exits 1 on anything but a 2xx answer."""
+        import httpx
+
+        if not self.token:
+            raise _fail("no admin token: pass --token or set QUERYLIFT_ADMIN_TOKEN", 2)
+        headers = {
+            **kwargs.pop("headers", {}),
+            "Authorization": f"Bearer {self.token}",
+            "X-Querylift-Actor": _actor(self.actor),
+        }
+        try:
+            r = httpx.request(
+                method,
+                self.url.rstrip("/") + path,
+                headers=headers,
+                timeout=self.timeout,
+                **kwargs,
+            )
+        except httpx.HTTPError as e:
+            raise _fail(f"cannot reach {self.url}: {type(e).__name__}: {e}") from None
+        if r.is_success:
+            return r.json() if r.content else None
+        try:
+            err = r.json()["error"]
+            message = f"{r.status_code} {err['code']}: {err['message']}"
+            reasons = (err.get("details") or {}).get("reasons") if isinstance(err, dict) else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            message, reasons = f"{r.status_code}: {r.text[:500]}", None
+        typer.echo(f"error: {message}", err=True)
+        for reason in reasons or []:
+            typer.echo(f"  - {reason}", err=True)
+        raise typer.Exit(1)
+
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+
+
+def _admin_command(
+    name: str | None = None, *, timeout_s: float, audited: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `fn(admin, ...)` as an `adapters` command that prints what `fn` returns.
+
+    The --url / --token / --timeout options (and --actor where `audited`: the command changes
+    something) are appended to `fn`'s signature here rather than repeated in each command. They
+    stay options of the command itself, so they still follow its arguments (`querylift adapters
+    list --url ... --token ...`); a callback on `adapters_app` would have moved them before it.
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]  # not `admin`
+        shared = [
+            inspect.Parameter("url", _KW, default=DEFAULT_URL, annotation=UrlOpt),
+            inspect.Parameter("token", _KW, default=None, annotation=TokenOpt),
+            *(
+                [inspect.Parameter("actor", _KW, default=None, annotation=ActorOpt)]
+                if audited
+                else []
+            ),
+            inspect.Parameter("timeout", _KW, default=timeout_s, annotation=TimeoutOpt),
+        ]
+
+        @functools.wraps(fn)
+        def command(
+            *args: Any,
+            url: str,
+            token: str | None,
+            timeout: float,
+            actor: str | None = None,
+            **kwargs: Any,
+        ) -> None:
+            _print(fn(Admin(url, token, actor, timeout), *args, **kwargs))
+
+        command.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+        adapters_app.command(name)(command)
+        return fn
+
+    return register
+
+
+@_admin_command("list", timeout_s=30.0)
+def list_(admin: Admin) -> Any:
     """Every stored adapter, with the tenants it is active for."""
-    _print(_call("GET", url, "/admin/adapters", token, None, timeout))
+    return admin.call("GET", "/admin/adapters")
 
 
-@adapters_app.command()
-def get(
-    adapter_id: Annotated[str, typer.Argument(help="Adapter id.")],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-    timeout: TimeoutOpt = 30.0,
-) -> None:
+@_admin_command(timeout_s=30.0)
+def get(admin: Admin, adapter_id: Annotated[str, typer.Argument(help="Adapter id.")]) -> Any:
     """One adapter's manifest and the tenants it is active for."""
-    _print(_call("GET", url, f"/admin/adapters/{quote(adapter_id, safe='')}", token, None, timeout))
+    return admin.call("GET", f"/admin/adapters/{_q(adapter_id)}")
 
 
-@adapters_app.command()
+@_admin_command(timeout_s=600.0, audited=True)
 def upload(
+    admin: Admin,
     checkpoint: Annotated[
         Path,
         typer.Argument(
@@ -130,11 +185,7 @@ def upload(
             file_okay=False,
         ),
     ],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-    actor: ActorOpt = None,
-    timeout: TimeoutOpt = 600.0,
-) -> None:
+) -> Any:
     """Upload a checkpoint; prints its id (the same content always gets the same id)."""
     missing = [n for n in (TENSORS_FILE, MANIFEST_FILE) if not (checkpoint / n).is_file()]
     if missing:
@@ -147,11 +198,12 @@ def upload(
             TENSORS_FILE: (TENSORS_FILE, tensors, "application/octet-stream"),
             MANIFEST_FILE: (MANIFEST_FILE, manifest, "application/json"),
         }
-        _print(_call("POST", url, "/admin/adapters", token, actor, timeout, files=files))
+        return admin.call("POST", "/admin/adapters", files=files)
 
 
-@adapters_app.command()
+@_admin_command(timeout_s=600.0, audited=True)
 def activate(
+    admin: Admin,
     tenant: Annotated[str, typer.Argument(help="Tenant name.")],
     adapter_id: Annotated[
         str | None, typer.Argument(help="Adapter id (omit with --none).", show_default=False)
@@ -166,11 +218,7 @@ def activate(
             help="Activate even if the quality gate refuses (written to the audit log).",
         ),
     ] = False,
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-    actor: ActorOpt = None,
-    timeout: TimeoutOpt = 600.0,
-) -> None:
+) -> Any:
     """Validate (and quality-gate) an adapter for a tenant and make it active.
 
     Refused with the reasons (422) when it does not fit, or when the tenant's validation set
@@ -181,12 +229,12 @@ def activate(
     body: dict[str, Any] = {"adapter_id": None if none else adapter_id}
     if force:
         body["force"] = True
-    path = f"/admin/tenants/{quote(tenant, safe='')}/adapter"
-    _print(_call("PUT", url, path, token, actor, timeout, json=body))
+    return admin.call("PUT", f"/admin/tenants/{_q(tenant)}/adapter", json=body)
 
 
-@adapters_app.command("set-validation")
+@_admin_command("set-validation", timeout_s=120.0, audited=True)
 def set_validation(
+    admin: Admin,
     tenant: Annotated[str, typer.Argument(help="Tenant name.")],
     pairs: Annotated[
         Path,
@@ -197,83 +245,50 @@ def set_validation(
             dir_okay=False,
         ),
     ],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-    actor: ActorOpt = None,
-    timeout: TimeoutOpt = 120.0,
-) -> None:
+) -> Any:
     """Store a tenant's validation set: activations are then quality-gated on it."""
-    path = f"/admin/tenants/{quote(tenant, safe='')}/validation"
-    headers = {"content-type": "application/x-ndjson"}
-    _print(
-        _call("PUT", url, path, token, actor, timeout, content=pairs.read_bytes(), headers=headers)
+    return admin.call(
+        "PUT",
+        f"/admin/tenants/{_q(tenant)}/validation",
+        content=pairs.read_bytes(),
+        headers={"content-type": "application/x-ndjson"},
     )
 
 
-@adapters_app.command("get-validation")
+@_admin_command("get-validation", timeout_s=30.0)
 def get_validation(
-    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-    timeout: TimeoutOpt = 30.0,
-) -> None:
+    admin: Admin, tenant: Annotated[str, typer.Argument(help="Tenant name.")]
+) -> Any:
     """A tenant's validation set (summary and pairs)."""
-    path = f"/admin/tenants/{quote(tenant, safe='')}/validation"
-    _print(_call("GET", url, path, token, None, timeout))
+    return admin.call("GET", f"/admin/tenants/{_q(tenant)}/validation")
 
 
-@adapters_app.command("clear-validation")
+@_admin_command("clear-validation", timeout_s=30.0, audited=True)
 def clear_validation(
-    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-    actor: ActorOpt = None,
-    timeout: TimeoutOpt = 30.0,
-) -> None:
+    admin: Admin, tenant: Annotated[str, typer.Argument(help="Tenant name.")]
+) -> Any:
     """Remove a tenant's validation set (activations are then not gated)."""
-    path = f"/admin/tenants/{quote(tenant, safe='')}/validation"
-    _call("DELETE", url, path, token, actor, timeout)
-    _print({"tenant": tenant, "validation": None})
+    admin.call("DELETE", f"/admin/tenants/{_q(tenant)}/validation")
+    return {"tenant": tenant, "validation": None}
 
 
-@adapters_app.command()
-def rollback(
-    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-    actor: ActorOpt = None,
-    timeout: TimeoutOpt = 120.0,
-) -> None:
+@_admin_command(timeout_s=120.0, audited=True)
+def rollback(admin: Admin, tenant: Annotated[str, typer.Argument(help="Tenant name.")]) -> Any:
     """Re-activate the tenant's previous adapter (re-validated) as a new version."""
-    _print(
-        _call(
-            "POST", url, f"/admin/tenants/{quote(tenant, safe='')}/rollback", token, actor, timeout
-        )
-    )
+    return admin.call("POST", f"/admin/tenants/{_q(tenant)}/rollback")
 
 
-@adapters_app.command()
-def show(
-    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-    timeout: TimeoutOpt = 30.0,
-) -> None:
+@_admin_command(timeout_s=30.0)
+def show(admin: Admin, tenant: Annotated[str, typer.Argument(help="Tenant name.")]) -> Any:
     """A tenant's active adapter, what the replica serves, and the history."""
-    _print(_call("GET", url, f"/admin/tenants/{quote(tenant, safe='')}", token, None, timeout))
+    return admin.call("GET", f"/admin/tenants/{_q(tenant)}")
 
 
-@adapters_app.command()
-def delete(
-    adapter_id: Annotated[str, typer.Argument(help="Adapter id.")],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-    actor: ActorOpt = None,
-    timeout: TimeoutOpt = 30.0,
-) -> None:
+@_admin_command(timeout_s=30.0, audited=True)
+def delete(admin: Admin, adapter_id: Annotated[str, typer.Argument(help="Adapter id.")]) -> Any:
     """Remove an adapter version (refused while a tenant has it active)."""
-    _call("DELETE", url, f"/admin/adapters/{quote(adapter_id, safe='')}", token, actor, timeout)
-    _print({"deleted": adapter_id})
+    admin.call("DELETE", f"/admin/adapters/{_q(adapter_id)}")
+    return {"deleted": adapter_id}
 
 
 @adapters_app.command("import-era")

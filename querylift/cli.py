@@ -133,6 +133,33 @@ def doctor() -> None:
     raise typer.Exit(0 if healthy else 1)
 
 
+@app.command("settings-table")
+def settings_table(
+    doc: Annotated[Path, typer.Option(help="Markdown file with the marked table blocks.")] = Path(
+        "docs/settings.md"
+    ),
+    check: Annotated[
+        bool, typer.Option("--check", help="Change nothing; exit 1 when the tables are stale.")
+    ] = False,
+) -> None:
+    """Regenerate the settings tables in DOC from the settings' own Field descriptions
+    (service/ops/settings.py, encoders/base.py), so the documentation cannot drift."""
+    from querylift.settings_doc import sync
+
+    try:
+        current = sync(doc, check=check)
+    except (OSError, ValueError) as e:
+        typer.echo(f"{doc}: {e}", err=True)
+        raise typer.Exit(2) from None
+    if current:
+        typer.echo(f"{doc}: up to date")
+    elif check:
+        typer.echo(f"{doc}: out of date: run `querylift settings-table`", err=True)
+        raise typer.Exit(1)
+    else:
+        typer.echo(f"{doc}: tables regenerated")
+
+
 @app.command("random-qwen3")
 def random_qwen3(
     out: Annotated[Path, typer.Argument(help="Folder to write (an HF model folder).")],
@@ -440,31 +467,6 @@ def train(
     )
 
 
-def _per_query_ndcg(
-    ds: Dataset,
-    adapter: Adapter | None,
-    q: Encoder,
-    d: Encoder,
-    emb: EmbeddingCache,
-    qrels: dict[str, dict[str, int]],
-) -> dict[str, float]:
-    """{query id: nDCG@10} of `adapter` (None: the document model alone) by exact search."""
-    from adapters import AdapterKind
-    from adapters.gate import CUTOFF, METRIC
-    from training.evaluate import exact_search, per_query
-    from training.pipeline import Vectors, check_encoders
-
-    vec = Vectors(ds, q, d, emb, adapter.manifest.kind if adapter else AdapterKind.LINEAR)
-    ids = sorted(qrels)
-    if adapter is None:
-        z = vec.document_queries(ids)
-    else:
-        check_encoders(adapter, q, d)
-        z = adapter.apply(vec.inputs(ids))
-    run = exact_search(z, vec.docs, ids, vec.doc_ids, k=CUTOFF)
-    return per_query(run, qrels, METRIC)
-
-
 @app.command("eval")
 def eval_(
     dataset: DatasetArg,
@@ -577,15 +579,20 @@ def _gate(
     """`eval --gate`: print the table, write gate.json, exit 1 when the gate refuses."""
     from adapters import load_checkpoint
     from adapters.fsutil import atomic_write_bytes
-    from adapters.gate import format_report, run_gate
+    from adapters.gate import METRIC, format_report, run_gate
     from service.ops.settings import Settings
+    from training.pipeline import adapter_scores
+
+    def ndcg(adapter: Adapter | None) -> dict[str, float]:
+        """{query id: nDCG@10}: the table's own scoring (`querylift eval`), per query."""
+        return adapter_scores(ds, adapter, q, d, emb, qrels, [METRIC])[METRIC]
 
     settings = Settings()
     current = load_checkpoint(current_path) if current_path is not None else None
-    scores = {"candidate": _per_query_ndcg(ds, candidate, q, d, emb, qrels)}
-    scores["baseline"] = _per_query_ndcg(ds, None, q, d, emb, qrels)
+    scores = {"candidate": ndcg(candidate)}
+    scores["baseline"] = ndcg(None)
     if current is not None:
-        scores["current"] = _per_query_ndcg(ds, current, q, d, emb, qrels)
+        scores["current"] = ndcg(current)
     report = run_gate(
         scores["candidate"],
         scores["baseline"],

