@@ -15,7 +15,9 @@ from fastapi import FastAPI
 
 from adapters.store import AdapterStore
 from encoders import Encoder, build_encoder
-from service.admin.api import router as admin_router
+from service.admin import activation, adapters, validation_sets
+from service.admin.context import admin_state
+from service.admin.shadow import Shadow
 from service.admin.shadow import router as shadow_router
 from service.bindings.tenants import TenantRegistry
 from service.engine.batcher import Batcher
@@ -96,6 +98,9 @@ def create_app(
         start = time.perf_counter()
         runtime = build_runtime(settings, metrics, query_encoder, document_encoder, gateway)
         app.state.runtime = runtime
+        # all of the app's state, built here: the admin API's audit log and lock, the shadow
+        app.state.admin = admin_state(settings)
+        app.state.shadow = Shadow(runtime)
         q, d = runtime.query_encoder, runtime.document_encoder
         metrics.build_info.labels(
             package_version(), settings.profile, q.name, str(q.dim), d.name, str(d.dim)
@@ -178,6 +183,7 @@ def create_app(
             await replica_sync.stop()
             app.state.replica_sync = None
             app.state.runtime = None
+            app.state.shadow = None
             if gateway is None:
                 runtime.gateway.close()
             # close the encoders this app built (an engine, an HTTP pool); injected ones are
@@ -202,12 +208,15 @@ def create_app(
     app.state.metrics = metrics
     app.state.runtime = None
     app.state.batcher = None
+    app.state.admin = None
+    app.state.shadow = None
     app.state.warmup = None
     app.state.drain = Drain()  # begun by `querylift serve` on SIGTERM (service/ops/shutdown.py)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(info_router)
-    app.include_router(admin_router)
+    for admin_routes in (adapters, activation, validation_sets):
+        app.include_router(admin_routes.router)
     app.include_router(shadow_router)
 
     # innermost: its 503s still pass through the request logs and metrics

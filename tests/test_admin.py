@@ -20,7 +20,7 @@ from adapters import ModelInfo
 from adapters.store import AdapterStore
 from encoders import Encoder
 from querylift.cli import app as cli
-from service.admin import api as admin_module
+from service.admin import adapters as admin_module
 from service.app import create_app
 from service.bindings.tenants import hash_key
 from service.ops.settings import Settings

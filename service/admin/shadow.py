@@ -32,7 +32,7 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters import Adapter, CheckpointError
-from service.admin.api import AdminDep
+from service.admin.context import AdminDep
 from service.bindings.tenants import Tenant
 from service.engine.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
 from service.engine.errors import ServiceError
@@ -256,11 +256,11 @@ class Shadow:
 
 
 def shadow_of(app: FastAPI, runtime: Runtime) -> Shadow:
-    """The app's Shadow, created on first use; /search finds it as `app.state.shadow`."""
+    """The app's Shadow, built in its lifespan with the runtime (service/app.py); /search
+    finds it as `app.state.shadow`."""
     current: Shadow | None = getattr(app.state, "shadow", None)
-    if current is None or current.runtime is not runtime:  # a new lifespan: a new runtime
-        current = Shadow(runtime)
-        app.state.shadow = current
+    if current is None or current.runtime is not runtime:
+        raise APIError(503, "not_ready", "the service is still starting")
     return current
 
 

@@ -177,7 +177,7 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-# the admin upload streams up to 512 MiB under its own caps (service/admin/api.py)
+# the admin upload streams up to 512 MiB under its own caps (service/admin/adapters.py)
 BODY_LIMIT_EXEMPT = frozenset({"/admin/adapters"})
 
 

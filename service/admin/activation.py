@@ -1,0 +1,390 @@
+"""Admin: per-tenant activation behind validation and the quality gate, rollback, tenant state.
+
+Activation validates before it swaps: the checkpoint is re-read from the store (format, hash,
+finite values), then checked against what this deployment serves and what the tenant's
+collection holds (`Runtime.validate_for_tenant`). A refused activation answers 422 with every
+reason and changes nothing. An accepted one is written to the store (which other replicas
+poll) and applied to this replica at once by `Runtime.sync` (a pointer swap). Rollback is not
+gated: it is the way back, to a version that was accepted before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from anyio import to_thread
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters import Adapter, CheckpointError
+from adapters.compat import compatibility_problems
+from adapters.gate import GateReport
+from service.admin.audit import Action
+from service.admin.context import (
+    Admin,
+    AdminDep,
+    binding_ref,
+    event_json,
+    previous_binding,
+    served_binding,
+    store_write,
+    tenant_or_404,
+)
+from service.admin.gate import (
+    GateRecord,
+    GateUnavailable,
+    ValidationSet,
+    gate_files,
+    new_validation_set,
+    parse_validation,
+)
+from service.admin.gate import evaluate as evaluate_gate
+from service.bindings.tenants import Tenant
+from service.http.errors import APIError
+from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+# -- tenants -----------------------------------------------------------------------------------
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapter_id: str | None = Field(
+        description="Adapter to activate; null = serve the document encoder's own vectors."
+    )
+    force: bool = Field(
+        default=False,
+        description="Activate even if the quality gate refuses (recorded in the audit log); "
+        "compatibility problems still refuse.",
+    )
+    validation: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="An inline validation set for this activation's gate (pairs records); "
+        "default: the tenant's stored one.",
+    )
+
+
+@dataclass(frozen=True)
+class _GateAsk:
+    force: bool
+    validation: ValidationSet | None  # inline; None = the tenant's stored set
+
+
+def _refuse(
+    admin: Admin,
+    action: Action,
+    tenant: Tenant,
+    adapter_id: str | None,
+    previous: dict[str, Any] | None,
+    status: int,
+    code: str,
+    reasons: list[str],
+    validation_failure: bool = True,
+    extra: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+) -> APIError:
+    if validation_failure:
+        admin.runtime.metrics.adapter_validation_failures.labels("activation").inc()
+    admin.record(
+        action,
+        tenant=tenant.name,
+        adapter_id=adapter_id,
+        before=previous,
+        after=previous,
+        outcome="refused",
+        reasons=reasons,
+        extra=extra,
+    )
+    log.warning(
+        "admin %s: %s of %s for tenant %s refused: %s",
+        admin.actor,
+        action,
+        adapter_id,
+        tenant.name,
+        "; ".join(reasons),
+    )
+    what = "activation" if action == "activate" else "rollback"
+    of = f" of adapter {adapter_id}" if adapter_id is not None else ""
+    return APIError(
+        status,
+        code,
+        f"{what}{of} for tenant {tenant.name!r} refused: {'; '.join(reasons)}",
+        {"tenant": tenant.name, "adapter_id": adapter_id, "reasons": reasons, **(details or {})},
+    )
+
+
+def _validated(
+    admin: Admin,
+    action: Action,
+    tenant: Tenant,
+    adapter_id: str,
+    previous: dict[str, Any] | None,
+) -> Adapter:
+    """Load `adapter_id` from disk (hash, finiteness) and check it fits the tenant here."""
+    runtime = admin.runtime
+    try:
+        adapter = runtime.store.get(adapter_id)
+    except KeyError:
+        reason = f"no adapter {adapter_id!r} in the store"
+        raise _refuse(
+            admin,
+            action,
+            tenant,
+            adapter_id,
+            previous,
+            404,
+            "adapter_not_found",
+            [reason],
+            validation_failure=False,
+        ) from None
+    except CheckpointError as e:
+        raise _refuse(
+            admin, action, tenant, adapter_id, previous, 422, "invalid_checkpoint", e.reasons
+        ) from None
+    reasons = runtime.validate_for_tenant(tenant, adapter)
+    if reasons:
+        raise _refuse(
+            admin, action, tenant, adapter_id, previous, 422, "adapter_incompatible", reasons
+        )
+    return adapter
+
+
+def _current(runtime: Runtime, tenant: Tenant, previous: dict[str, Any] | None) -> Adapter | None:
+    """The adapter the tenant has now, for the gate (None: none, or it no longer loads/fits)."""
+    adapter_id = previous["adapter_id"] if previous is not None else None
+    if adapter_id is None:
+        return None
+    try:
+        adapter = runtime.adapters.get(adapter_id)
+    except (KeyError, CheckpointError) as e:
+        log.warning("gate for %s: current adapter %s not loadable (%s)", tenant.name, adapter_id, e)
+        return None
+    if compatibility_problems(adapter, runtime.query_encoder, runtime.document_encoder):
+        log.warning("gate for %s: current adapter %s no longer fits", tenant.name, adapter_id)
+        return None
+    return adapter
+
+
+def _gate(
+    admin: Admin,
+    tenant: Tenant,
+    adapter: Adapter,
+    previous: dict[str, Any] | None,
+    ask: _GateAsk,
+) -> tuple[GateReport | None, dict[str, Any] | None, bool]:
+    """Run the quality gate when there is a validation set: (report, audit fields, forced).
+
+    Raises the 422 (or 409 when it cannot run) unless `ask.force`. Every run is recorded per
+    (tenant, adapter), refused ones here and activated ones by `_swap` once the binding is
+    written, so the numbers stay with the adapter.
+    """
+    runtime = admin.runtime
+    files = gate_files(runtime)
+    validation = ask.validation or files.validation(tenant.name)
+    if validation is None:
+        return None, ({"force": True, "gate": None} if ask.force else None), False
+    try:
+        report = evaluate_gate(
+            runtime, tenant, validation, adapter, _current(runtime, tenant, previous)
+        )
+    except GateUnavailable as e:
+        reason = f"the quality gate cannot run: {e}"
+        if not ask.force:
+            raise _refuse(
+                admin,
+                "activate",
+                tenant,
+                adapter.id,
+                previous,
+                409,
+                "gate_unavailable",
+                [reason],
+                validation_failure=False,
+                extra={"force": False, "gate": None},
+            ) from None
+        return None, {"force": True, "gate": None, "gate_error": reason}, True
+    refused = report.decision == "refuse"
+    numbers = report.model_dump(mode="json")
+    if refused:
+        runtime.metrics.gate_refusals.labels(
+            tenant.name, "forced" if ask.force else "blocked"
+        ).inc()
+        if not ask.force:
+            _save_record(runtime, _record(admin, tenant, report, forced=False, activated=False))
+            raise _refuse(
+                admin,
+                "activate",
+                tenant,
+                adapter.id,
+                previous,
+                422,
+                "quality_gate_failed",
+                report.reasons,
+                validation_failure=False,
+                extra={"force": False, "gate": numbers},
+                details={"gate": numbers},
+            )
+        log.warning(
+            "admin %s: FORCED activation of %s for %s past the quality gate: %s",
+            admin.actor,
+            adapter.id,
+            tenant.name,
+            "; ".join(report.reasons),
+        )
+    return report, {"force": ask.force, "gate": numbers}, refused
+
+
+def _record(
+    admin: Admin, tenant: Tenant, report: GateReport, forced: bool, activated: bool
+) -> GateRecord:
+    assert report.candidate_id is not None
+    return GateRecord(
+        tenant=tenant.name,
+        adapter_id=report.candidate_id,
+        actor=admin.actor,
+        forced=forced,
+        activated=activated,
+        report=report,
+    )
+
+
+def _save_record(runtime: Runtime, record: GateRecord) -> None:
+    """Keep a gate run; a failed write is logged (the audit line has the numbers too)."""
+    try:
+        gate_files(runtime).save_gate(record)
+    except OSError:
+        log.exception("cannot write the gate record of %s / %s", record.tenant, record.adapter_id)
+
+
+def _swap(
+    admin: Admin,
+    action: Action,
+    tenant: Tenant,
+    adapter_id: str | None,
+    previous: dict[str, Any] | None,
+    ask: _GateAsk | None = None,
+) -> dict[str, Any]:
+    """Validate, gate, write the binding, then swap this replica (caller holds admin.lock)."""
+    runtime = admin.runtime
+    adapter = None
+    report: GateReport | None = None
+    extra: dict[str, Any] | None = None
+    forced = False
+    if adapter_id is not None:
+        adapter = _validated(admin, action, tenant, adapter_id, previous)
+        if ask is not None:
+            report, extra, forced = _gate(admin, tenant, adapter, previous, ask)
+        runtime.adapters.put(adapter)  # resident before the swap: sync finds it loaded
+    with store_write(
+        admin, action, tenant=tenant.name, adapter_id=adapter_id, before=previous, after=previous
+    ):
+        binding = runtime.store.activate(tenant.name, adapter_id, actor=admin.actor)
+    assert binding.active is not None
+    if report is not None:
+        _save_record(runtime, _record(admin, tenant, report, forced, activated=True))
+    active = binding_ref(binding.active.adapter_id, binding.active.version)
+    runtime.sync()
+    served = served_binding(runtime, tenant.name)
+    if served != active:  # the store has it; this replica could not load it (see the log)
+        log.error("tenant %s: activated %s but this replica serves %s", tenant.name, active, served)
+    admin.record(
+        action,
+        tenant=tenant.name,
+        adapter_id=adapter_id,
+        before=previous,
+        after=active,
+        extra=extra,
+    )
+    log.info("admin %s: %s tenant %s %s -> %s", admin.actor, action, tenant.name, previous, active)
+    out = {"tenant": tenant.name, "active": active, "previous": previous, "served": served}
+    if extra is not None:  # a gate applied (validation set) or force was asked for
+        out["gate"] = report.model_dump(mode="json") if report is not None else None
+        out["forced"] = forced  # past a refusing (or unavailable) gate with force=true
+    return out
+
+
+def _activate(admin: Admin, tenant_name: str, body: ActivateRequest) -> dict[str, Any]:
+    tenant = tenant_or_404(admin, tenant_name, "activate")
+    inline = None
+    if body.validation is not None:
+        settings = admin.runtime.settings
+        pairs = parse_validation(
+            json.dumps(body.validation).encode(),
+            settings.gate_max_queries,
+            settings.max_input_chars,
+        )
+        inline = new_validation_set(tenant.name, pairs, admin.actor)
+    ask = _GateAsk(force=body.force, validation=inline)
+    with admin.lock:
+        previous = previous_binding(admin.runtime.store.binding(tenant.name), tenant)
+        return _swap(admin, "activate", tenant, body.adapter_id, previous, ask)
+
+
+def _rollback(admin: Admin, tenant_name: str) -> dict[str, Any]:
+    tenant = tenant_or_404(admin, tenant_name, "rollback")
+    with admin.lock:
+        binding = admin.runtime.store.binding(tenant.name)
+        previous = previous_binding(binding, tenant)
+        if binding.active is None or len(binding.history) < 2:
+            reason = f"tenant {tenant.name!r} has no previous adapter version"
+            raise _refuse(
+                admin,
+                "rollback",
+                tenant,
+                None,
+                previous,
+                409,
+                "nothing_to_roll_back",
+                [reason],
+                validation_failure=False,
+            )
+        # the store's rollback re-activates history[-2] as a new version; doing it through
+        # _swap re-validates exactly that adapter before it is written
+        target = binding.history[-2].adapter_id
+        return _swap(admin, "rollback", tenant, target, previous)
+
+
+@router.put("/tenants/{tenant}/adapter")
+async def activate_adapter(tenant: str, body: ActivateRequest, admin: AdminDep) -> dict[str, Any]:
+    """Validate (and quality-gate) an adapter for the tenant and make it active (null: none)."""
+    return await to_thread.run_sync(lambda: _activate(admin, tenant, body))
+
+
+@router.post("/tenants/{tenant}/rollback")
+async def rollback_adapter(tenant: str, admin: AdminDep) -> dict[str, Any]:
+    """Re-activate the tenant's previous adapter (re-validated) as a new version."""
+    return await to_thread.run_sync(lambda: _rollback(admin, tenant))
+
+
+def _tenant_info(runtime: Runtime, tenant: Tenant) -> dict[str, Any]:
+    binding = runtime.store.binding(tenant.name)
+    files = gate_files(runtime)
+    validation = files.validation(tenant.name)
+    gates = files.gates_for_tenant(tenant.name)
+    current = previous_binding(binding, tenant)
+    active_gate = gates.get(current["adapter_id"]) if current and current["adapter_id"] else None
+    return {
+        "tenant": tenant.name,
+        "collection": runtime.collection_for(tenant),
+        "default_adapter": tenant.default_adapter,
+        "active": event_json(binding.active) if binding.active is not None else None,
+        "served": served_binding(runtime, tenant.name),
+        "history": [event_json(e) for e in binding.history],
+        "validation": validation.summary() if validation is not None else None,
+        "gate": active_gate.model_dump(mode="json") if active_gate is not None else None,
+        "gates": {a: r.model_dump(mode="json") for a, r in gates.items()},
+    }
+
+
+@router.get("/tenants/{tenant}")
+async def get_tenant(tenant: str, admin: AdminDep) -> dict[str, Any]:
+    """The tenant's active adapter in the store, what this replica serves, and the history."""
+    found = admin.runtime.tenants.tenants.get(tenant)
+    if found is None:
+        raise APIError(404, "tenant_not_found", f"unknown tenant {tenant!r}", {"tenant": tenant})
+    return await to_thread.run_sync(lambda: _tenant_info(admin.runtime, found))
