@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -181,7 +182,8 @@ def test_a_fault_is_a_500_with_the_request_id(
     async def broken(*_: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setitem(fastpath.HANDLERS, "/embed", (fastpath.EmbedRequest, broken))
+    hot = fastpath.HOT_ROUTES["/embed"]
+    monkeypatch.setitem(fastpath.HOT_ROUTES, "/embed", dataclasses.replace(hot, handler=broken))
     r = client.post("/embed", json={"input": "x"}, headers={**auth("acme"), "X-Request-ID": "r1"})
     assert r.status_code == 500
     assert r.json()["error"]["code"] == "internal_error"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from service.admin.gate import (
     gate_files,
 )
 from service.http.errors import APIError
+from service.http.limits import capped, check_declared, declared_length
 from service.ops.settings import Settings
 from service.runtime import Runtime
 
@@ -74,20 +74,14 @@ async def _read_upload(request: Request) -> tuple[bytes, bytes]:
             f"send multipart/form-data with the parts {TENSORS_FILE!r} and {MANIFEST_FILE!r}",
         )
     cap = MAX_TENSOR_BYTES + MAX_MANIFEST_BYTES + _MULTIPART_OVERHEAD
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise too_large("the upload", cap)
-
-    async def limited() -> AsyncIterator[bytes]:
-        n = 0
-        async for chunk in request.stream():
-            n += len(chunk)
-            if n > cap:
-                raise too_large("the upload", cap)
-            yield chunk
-
+    over_cap = lambda: too_large("the upload", cap)  # noqa: E731
+    check_declared(declared_length(request.headers.raw), cap, over_cap)
     parser = MultiPartParser(
-        request.headers, limited(), max_files=2, max_fields=2, max_part_size=MAX_MANIFEST_BYTES
+        request.headers,
+        capped(request.stream(), cap, over_cap),
+        max_files=2,
+        max_fields=2,
+        max_part_size=MAX_MANIFEST_BYTES,
     )
     try:
         form = await parser.parse()

@@ -40,8 +40,8 @@ from adapters.checkpoint import MANIFEST_FILE
 from adapters.store import BindingEvent, TenantBinding
 from service.admin.audit import Action, AuditLog
 from service.bindings.tenants import Tenant
+from service.http.deps import runtime_of
 from service.http.errors import APIError
-from service.http.routes import runtime_of
 from service.ops.settings import Settings
 from service.runtime import Runtime
 

@@ -23,6 +23,7 @@ from service.admin.gate import (
 )
 from service.bindings.tenants import Tenant
 from service.http.errors import APIError
+from service.http.limits import read_capped
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,12 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 # -- validation sets (the quality gate's data) -------------------------------------------------
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large("the validation set", limit)
-    chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise too_large("the validation set", limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_capped(
+        request.headers.raw,
+        request.stream(),
+        limit,
+        lambda: too_large("the validation set", limit),
+    )
 
 
 def _set_validation(admin: Admin, tenant_name: str, body: bytes) -> dict[str, Any]:

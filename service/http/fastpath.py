@@ -17,32 +17,17 @@ there is rendered by the same `service_error_response`. `QUERYLIFT_FAST_PATH=fal
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.bindings.tenants import Tenant
-from service.engine.batcher import Batcher
 from service.engine.errors import ServiceError
-from service.http import routes
+from service.http.deps import serving, tenant_of
 from service.http.errors import internal_error, service_error_response
 from service.http.ratelimit import admit
-from service.http.schemas import EmbedRequest, OpenAIEmbeddingsRequest, SearchRequest
+from service.http.routes import HOT_ROUTES, Handler
 from service.ops.metrics import Metrics
-from service.runtime import Runtime
-
-Handler = Callable[[Request, Runtime, Batcher, Tenant, Any], Awaitable[Response]]
-
-HANDLERS: dict[str, tuple[type[BaseModel], Handler]] = {
-    "/embed": (EmbedRequest, routes.embed_response),
-    "/v1/embeddings": (OpenAIEmbeddingsRequest, routes.openai_response),
-    "/search": (SearchRequest, routes.search_response),
-}
 
 
 class _Route:
@@ -68,16 +53,16 @@ class FastPath:
         self.max_body_bytes = max_body_bytes
         self.cors = cors
         self.metrics = metrics
-        self.routes = {path: _Route(path) for path in HANDLERS}
+        self.routes = {path: _Route(path) for path in HOT_ROUTES}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = None
+        route = None
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            handler = HANDLERS.get(scope["path"])
-        if handler is None:
+            route = HOT_ROUTES.get(scope["path"])
+        if route is None:
             await self.app(scope, receive, send)
             return
-        served = await self._serve(scope, receive, send, *handler)
+        served = await self._serve(scope, receive, send, route.request, route.handler)
         if self.metrics is not None:
             self.metrics.fast_path.labels("served" if served else "handed_over").inc()
 
@@ -90,17 +75,15 @@ class FastPath:
         handler: Handler,
     ) -> bool:
         """True when answered here; False when handed over to the full app."""
-        state = scope["app"].state
-        runtime: Runtime | None = state.runtime
-        batcher: Batcher | None = state.batcher
-        drain = getattr(state, "drain", None)
+        ready = serving(scope["app"].state)  # not ready: the full app answers 503
         length = self._plain_length(scope)
-        if length is None or runtime is None or batcher is None or (drain and drain.active):
+        if length is None or ready is None:
             await self.app(scope, receive, send)
             return False
+        runtime, batcher = ready
         body, seen = await self._read_body(receive, length)
         request = Request(scope, receive)  # the body is read: only a disconnect is left
-        tenant = routes.tenant_of(request, runtime) if body is not None else None
+        tenant = tenant_of(request, runtime) if body is not None else None
         parsed = _parse(model, body) if body is not None and tenant is not None else None
         if tenant is None or parsed is None:
             await self.app(scope, _replay(seen, receive), send)

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.errors import REQUEST_ID_HEADER, HTTPAPIError, error_response
 from service.http.fastpath import FastPath
+from service.http.limits import declared_length
 from service.http.ratelimit import TokenBucketLimiter
 from service.ops import logs
 from service.ops.metrics import Metrics
@@ -129,7 +130,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope.get("path") in self.exempt:
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = declared_length(scope.get("headers", ()))
         if declared is not None and declared > self.max_bytes:
             err = self._too_large()
             # the body is never read: the server closes the connection after the answer
@@ -165,16 +166,6 @@ class BodyLimitMiddleware:
             response = error_response(e.status_code, e.code, e.message, e.details)
             response.headers["Connection"] = "close"
             await response(scope, receive, send)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 # the admin upload streams up to 512 MiB under its own caps (service/admin/adapters.py)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 from anyio import to_thread
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from qdrant_client import models
@@ -19,8 +22,8 @@ from service.bindings.tenants import Tenant
 from service.engine.batcher import Batcher
 from service.engine.embedding import EmbedItem, EmbedOutcome
 from service.engine.errors import ServiceError
+from service.http.deps import BatcherDep, RuntimeDep, TenantDep
 from service.http.errors import APIError
-from service.http.ratelimit import admit
 from service.http.schemas import (
     AdapterRef,
     EmbedRequest,
@@ -34,54 +37,6 @@ from service.http.schemas import (
 from service.runtime import Runtime
 
 router = APIRouter()
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise APIError(503, "not_ready", "the service is still starting")
-    return runtime
-
-
-# The dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in its
-# thread pool, and three thread hops per request cost more than the work they do.
-async def get_runtime(request: Request) -> Runtime:
-    return runtime_of(request)
-
-
-def tenant_of(request: Request, runtime: Runtime) -> Tenant | None:
-    """The tenant the request's bearer key names (None: no key, or not a known one)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    tenant = runtime.tenants.resolve(key.strip() if scheme.lower() == "bearer" else None)
-    if tenant is not None:
-        request.state.tenant = tenant.name
-    return tenant
-
-
-async def get_tenant(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]) -> Tenant:
-    tenant = tenant_of(request, runtime)
-    if tenant is None:
-        raise APIError(
-            401,
-            "unauthorized",
-            "missing or unknown API key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    admit(request, tenant)  # log context + per-tenant rate limit (429 rate_limited)
-    return tenant
-
-
-async def get_batcher(request: Request) -> Batcher:
-    batcher: Batcher | None = getattr(request.app.state, "batcher", None)
-    if batcher is None:
-        raise APIError(503, "not_ready", "the service is still starting")
-    return batcher
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-TenantDep = Annotated[Tenant, Depends(get_tenant)]
-BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 
 
 def _check_limits(runtime: Runtime, texts: list[str]) -> None:
@@ -315,28 +270,6 @@ async def openai_response(
 
 # The routes document the API (request and response models in OpenAPI) and serve whatever
 # the fast path (service/http/fastpath.py) hands over; both answer through the *_response functions.
-@router.post("/embed", response_model=EmbedResponse)
-async def embed(
-    request: Request,
-    body: EmbedRequest,
-    runtime: RuntimeDep,
-    batcher: BatcherDep,
-    tenant: TenantDep,
-) -> Response:
-    return await embed_response(request, runtime, batcher, tenant, body)
-
-
-@router.post("/v1/embeddings", response_model=OpenAIEmbeddingsResponse)
-async def openai_embeddings(
-    request: Request,
-    body: OpenAIEmbeddingsRequest,
-    runtime: RuntimeDep,
-    batcher: BatcherDep,
-    tenant: TenantDep,
-) -> Response:
-    return await openai_response(request, runtime, batcher, tenant, body)
-
-
 DOCUMENT_MODEL_SUFFIX = "-document"
 
 
@@ -440,17 +373,6 @@ async def search_response(
     return _json_response(dump.encode(), out, timings)
 
 
-@router.post("/search", response_model=SearchResponse)
-async def search(
-    request: Request,
-    body: SearchRequest,
-    runtime: RuntimeDep,
-    batcher: BatcherDep,
-    tenant: TenantDep,
-) -> Response:
-    return await search_response(request, runtime, batcher, tenant, body)
-
-
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -522,3 +444,57 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- the hot routes: one table for FastAPI and the fast path ------------------------------------
+Handler = Callable[[Request, Runtime, Batcher, Tenant, Any], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class HotRoute:
+    """A POST route both paths serve: FastAPI (documented in OpenAPI, every check) and the fast
+    path (service/http/fastpath.py), through the same handler."""
+
+    request: type[BaseModel]
+    response: type[BaseModel]
+    handler: Handler
+
+
+HOT_ROUTES: dict[str, HotRoute] = {
+    "/embed": HotRoute(EmbedRequest, EmbedResponse, embed_response),
+    "/v1/embeddings": HotRoute(OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse, openai_response),
+    "/search": HotRoute(SearchRequest, SearchResponse, search_response),
+}
+
+
+def _endpoint(route: HotRoute) -> Callable[..., Awaitable[Response]]:
+    """The FastAPI endpoint of a hot route, its signature built with the real types (so
+    OpenAPI documents the body and the dependencies run)."""
+
+    async def endpoint(
+        request: Request, body: Any, runtime: Runtime, batcher: Batcher, tenant: Tenant
+    ) -> Response:
+        return await route.handler(request, runtime, batcher, tenant, body)
+
+    P = inspect.Parameter
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            P("request", P.POSITIONAL_OR_KEYWORD, annotation=Request),
+            P("body", P.POSITIONAL_OR_KEYWORD, annotation=route.request),
+            P("runtime", P.POSITIONAL_OR_KEYWORD, annotation=RuntimeDep),
+            P("batcher", P.POSITIONAL_OR_KEYWORD, annotation=BatcherDep),
+            P("tenant", P.POSITIONAL_OR_KEYWORD, annotation=TenantDep),
+        ],
+        return_annotation=Response,
+    )
+    return endpoint
+
+
+for _path, _route in HOT_ROUTES.items():
+    router.add_api_route(
+        _path,
+        _endpoint(_route),
+        methods=["POST"],
+        response_model=_route.response,
+        name=_route.handler.__name__.removesuffix("_response"),
+    )
