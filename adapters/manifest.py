@@ -1,4 +1,4 @@
-"""manifest.json: the contract between training and the service (DESIGN.md section 3)."""
+"""manifest.json: the contract between training and the service (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Benchmarks (DESIGN.md section 6)."""
+"""Benchmarks that print numbers (bench/README.md)."""

@@ -1,4 +1,4 @@
-"""SciFact quality benchmark (DESIGN.md 6): the document model alone vs each adapter mode.
+"""SciFact quality benchmark (bench/README.md): the document model alone vs each adapter mode.
 
     python -m bench.quality --dataset ../shared/data/scifact --models-dir models \
         --cache var/cache --out reports/quality --seeds 0 1 2 [--extra]

@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP contract (DESIGN.md section 2a)."""
+"""Request and response models of the HTTP contract (docs/architecture.md, docs/api.md)."""
 
 from __future__ import annotations
 
