@@ -186,12 +186,8 @@ class Setup:
 
 def build_setup(models: Path, docs: int = 200, **env: str) -> Setup:
     """Models, one tenant with a linear adapter, a small indexed collection, the env."""
-    q = build_encoder(
-        EMBEDDED_QUERY_ENCODER.model_copy(update={"path": str(models / "all-mpnet-base-v2")})
-    )
-    d = build_encoder(
-        EMBEDDED_DOCUMENT_ENCODER.model_copy(update={"path": str(models / "all-MiniLM-L6-v2")})
-    )
+    q = load_encoder(EMBEDDED_QUERY_ENCODER, models)
+    d = load_encoder(EMBEDDED_DOCUMENT_ENCODER, models)
     work = Path(tempfile.mkdtemp(prefix="querylift-bench-"))
     store = AdapterStore(work / "store")
     adapter = store.put(*random_linear(q, d, 1))

@@ -21,8 +21,7 @@ import httpx
 import numpy as np
 
 from adapters.store import AdapterStore
-from bench.common import random_linear, server, summary_ms
-from encoders import build_encoder
+from bench.common import load_encoder, random_linear, server, summary_ms
 from service.bindings.tenants import hash_key
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 
@@ -97,12 +96,8 @@ async def swapper(url: str, ids: list[str], swaps: int, interval: float, lat: li
 
 async def run(args: argparse.Namespace) -> int:
     models = Path(args.models_dir)
-    q = build_encoder(
-        EMBEDDED_QUERY_ENCODER.model_copy(update={"path": str(models / "all-mpnet-base-v2")})
-    )
-    d = build_encoder(
-        EMBEDDED_DOCUMENT_ENCODER.model_copy(update={"path": str(models / "all-MiniLM-L6-v2")})
-    )
+    q = load_encoder(EMBEDDED_QUERY_ENCODER, models)
+    d = load_encoder(EMBEDDED_DOCUMENT_ENCODER, models)
     work = Path(tempfile.mkdtemp(prefix="querylift-hotswap-"))
     store = AdapterStore(work / "store")
     a1, a2, b = (store.put(*random_linear(q, d, s)) for s in (1, 2, 3))
