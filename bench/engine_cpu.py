@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                 if engine == "vllm":
                     t0 = time.perf_counter()
                     enc: Encoder = VLLMEncoder(spec_for(model, "vllm", args.dtype))
-                    if not enc.wait_ready(900):  # type: ignore[attr-defined]
-                        raise RuntimeError(f"vLLM did not start: {enc.error}")  # type: ignore[attr-defined]
+                    if not enc.wait_ready(900):
+                        raise RuntimeError(f"vLLM did not start: {enc.error}")
                     print(f"vLLM engine ({enc.engine}) up in {time.perf_counter() - t0:.0f} s")
                     ref = hf.encode(texts[:8], "query").vectors
                     got = enc.encode(texts[:8], "query").vectors
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                     rounds.setdefault((engine, "in-process", c), []).append(lv)
                     print(f"  round {r} {engine} in-process c={c}: {fmt(lv)}", flush=True)
                 if engine == "vllm":
-                    enc.close()  # type: ignore[attr-defined]
+                    enc.close()
             if "service" in paths:
                 env = service_env(model, engine, args.dtype, work, doc_path)
                 with server(env, timeout_s=900) as url:

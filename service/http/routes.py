@@ -401,11 +401,11 @@ async def readyz(request: Request) -> Response:
         checks["encoders"] = "loading"
     else:
         encoders = {"query": runtime.query_encoder, "document": runtime.document_encoder}
-        engines = {role: getattr(e, "engine", e.spec.backend) for role, e in encoders.items()}
+        engines = {role: e.engine for role, e in encoders.items()}
         not_ready = [
-            e.name + (f" ({why})" if (why := getattr(e, "error", None)) else " (starting)")
+            e.name + (f" ({why})" if (why := e.error) else " (starting)")
             for e in encoders.values()
-            if not getattr(e, "ready", True)
+            if not e.ready
         ]
         checks["encoders"] = "ok" if not not_ready else "not ready: " + "; ".join(not_ready)
         warm = getattr(request.app.state, "warmup", None)

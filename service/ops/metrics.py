@@ -247,19 +247,18 @@ class Metrics:
 
     def watch_encoder(self, role: str, encoder: Encoder) -> None:
         """Export the encoder's engine build, and its engine steps where it reports them."""
-        backend = encoder.spec.backend
-        build = getattr(encoder, "engine", backend)
-        self.engine_info.labels(encoder.name, role, backend, build).set(1)
-        add_observer = getattr(encoder, "add_step_observer", None)
-        if not callable(add_observer):
-            return
-        requests = self.engine_step_requests.labels(encoder.name)
-        tokens = self.engine_step_tokens.labels(encoder.name)
+        name = encoder.name
+        self.engine_info.labels(name, role, encoder.spec.backend, encoder.engine).set(1)
+        requests, tokens = self.engine_step_requests, self.engine_step_tokens
 
         def observe(finished: int, prompt_tokens: int, running: int) -> None:
             if finished:
-                requests.observe(finished)
+                requests.labels(name).observe(finished)
             if prompt_tokens:
-                tokens.observe(prompt_tokens)
+                tokens.labels(name).observe(prompt_tokens)
 
-        add_observer(observe)
+        # series only for an encoder with engine steps (a forward pass has none): they show,
+        # at zero, from start-up on
+        if encoder.add_step_observer(observe):
+            requests.labels(name)
+            tokens.labels(name)
