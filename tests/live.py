@@ -1,13 +1,14 @@
-"""Live servers on loopback: an app under uvicorn in a thread, or a `querylift serve` process."""
+"""Live servers on loopback: an app under uvicorn in a thread, or a `querylift serve` process.
+
+`free_port` is the benchmarks' own (bench/common.py), re-exported here for the tests."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from bench.common import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ServerProcess", "free_port", "serve", "serve_processes", "start_serve"]
 
 
 @contextmanager
@@ -86,3 +85,31 @@ def start_serve(env: dict[str, str], tmp_path: Path, ready_timeout_s: float) -> 
             proc.wait(10)
             pytest.fail(f"not ready within {ready_timeout_s}s:\n{server.log()}")
         time.sleep(0.2)
+
+
+def kill(server: ServerProcess) -> None:
+    if server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait(10)
+
+
+@contextmanager
+def serve_processes(
+    tmp_path: Path,
+    ready_timeout_s: float,
+    stop: Callable[[ServerProcess], None] = kill,
+) -> Iterator[Callable[[dict[str, str]], ServerProcess]]:
+    """`start(env)`: a `querylift serve` (start_serve) that is always stopped at the end (by
+    `stop`: SIGKILL unless told otherwise), whatever the test did to it."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str]) -> ServerProcess:
+        server = start_serve(env, tmp_path, ready_timeout_s)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            stop(server)

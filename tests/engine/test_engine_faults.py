@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -22,9 +21,9 @@ import pytest
 from adapters.store import AdapterStore
 from encoders import Encoder, EncoderSpec
 from encoders.vllm_backend import EncoderTimeout, VLLMEncoder
-from tests.conftest import make_linear, server_env
+from tests.conftest import fake_encoder, make_linear, querylift_settings, server_env
 from tests.engine.conftest import ENGINE_READY_S, engine_spec
-from tests.live import ServerProcess, start_serve
+from tests.live import ServerProcess, kill, serve_processes
 
 TEXTS = ["what causes malaria", "the heart of mice"]
 REQUEST_TIMEOUT_S = 10.0  # the encoder's own deadline in the served process
@@ -63,37 +62,32 @@ def start_server(
     """`querylift serve` on the engine; the dev tenant has an adapter, so queries use vLLM."""
     store = AdapterStore(tmp_path / "store")
     spec = engine_spec(engine_model, timeout_s=REQUEST_TIMEOUT_S)
-    adapter = store.put(*make_linear(SimpleNamespace(name=spec.name, dim=256), document_encoder, 3))
+    adapter = store.put(*make_linear(fake_encoder(spec.name, 256), document_encoder, 3))
     store.activate("default", adapter.id)
-    started: list[ServerProcess] = []
 
-    def start(**extra: str) -> ServerProcess:
-        env = server_env(
-            spec,
-            doc_spec,
-            QUERYLIFT_QUERY_ENCODER__BACKEND="vllm",
-            QUERYLIFT_QUERY_ENCODER__DTYPE="float32",
-            QUERYLIFT_QUERY_ENCODER__TIMEOUT_S=str(REQUEST_TIMEOUT_S),
-            QUERYLIFT_ADAPTER_STORE=str(store.root),
-            QUERYLIFT_QDRANT_PATH=str(tmp_path / "qdrant"),
-            QUERYLIFT_LOG_FORMAT="text",
-            QUERYLIFT_SHUTDOWN_GRACE_S="5",
-            **{f"QUERYLIFT_{k.upper()}": v for k, v in extra.items()},
-        )
-        server = start_serve(env, tmp_path, ENGINE_READY_S)
-        started.append(server)
-        return server
+    def stop(s: ServerProcess) -> None:
+        """The server and every process under it (the engine's)."""
+        procs = tree(s) if s.proc.poll() is None else []
+        kill(s)
+        for p in alive(procs):
+            p.kill()
 
-    try:
+    with serve_processes(tmp_path, ENGINE_READY_S, stop) as start_env:
+
+        def start(**extra: str) -> ServerProcess:
+            settings = querylift_settings(
+                query_encoder__backend="vllm",
+                query_encoder__dtype="float32",
+                query_encoder__timeout_s=REQUEST_TIMEOUT_S,
+                adapter_store=store.root,
+                qdrant_path=tmp_path / "qdrant",
+                log_format="text",
+                shutdown_grace_s=5,
+                **extra,
+            )
+            return start_env(server_env(spec, doc_spec, **settings))
+
         yield start
-    finally:
-        for s in started:
-            procs = tree(s) if s.proc.poll() is None else []
-            if s.proc.poll() is None:
-                s.proc.kill()
-                s.proc.wait(10)
-            for p in alive(procs):
-                p.kill()
 
 
 _seq = iter(range(10**9))

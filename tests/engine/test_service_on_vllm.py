@@ -27,15 +27,20 @@ from encoders import Encoder
 from service.app import create_app
 from service.ops.settings import Settings
 from service.search.qdrant_gateway import QdrantGateway
-from tests.conftest import DOCS, KEYS, auth, index_docs, make_linear
+from tests.conftest import (
+    ADMIN,
+    DOCS,
+    KEYS,
+    admin_headers,
+    auth,
+    bind_random_adapters,
+    embeddings,
+    index_docs,
+    make_linear,
+)
 from tests.live import serve
 
-ADMIN = "admin-secret"
 TEXTS = ["what causes malaria", "the heart of mice", "drug treatment for brain disease"]
-
-
-def vecs(body: dict[str, Any]) -> np.ndarray:
-    return np.asarray([d["embedding"] for d in body["data"]], dtype=np.float32)
 
 
 def metric_samples(text: str, name: str) -> dict[str, float]:
@@ -57,11 +62,7 @@ def stack(
 ) -> Iterator[dict[str, Any]]:
     """A live service on the engine: acme and globex with their own adapters, initech none."""
     store = AdapterStore(tmp_path / "adapters")
-    ids = {}
-    for seed, tenant in enumerate(("acme", "globex")):
-        adapter = store.put(*make_linear(vllm_encoder, document_encoder, seed))
-        store.activate(tenant, adapter.id)
-        ids[tenant] = adapter.id
+    ids = bind_random_adapters(store, vllm_encoder, document_encoder)
     gateway = QdrantGateway(path=":memory:")
     index_docs(gateway, document_encoder, "acme", DOCS)
     settings = Settings(
@@ -90,10 +91,10 @@ def test_embed_is_the_engine_vector_through_the_tenant_adapter(
     assert body["model"]  # the model name the response reports
     adapter = stack["store"].get(stack["ids"]["acme"])
     engine_raw = vllm_encoder.encode(TEXTS, "query").vectors
-    np.testing.assert_allclose(vecs(body), adapter.apply(engine_raw), atol=1e-5)
+    np.testing.assert_allclose(embeddings(body), adapter.apply(engine_raw), atol=1e-5)
     # and what an adapter trained on the transformers backend's vectors expects
     np.testing.assert_allclose(
-        vecs(body), adapter.apply(hf_encoder.encode(TEXTS, "query").vectors), atol=1e-4
+        embeddings(body), adapter.apply(hf_encoder.encode(TEXTS, "query").vectors), atol=1e-4
     )
     usage = body["usage"]
     assert usage["prompt_tokens"] == sum(vllm_encoder.tokenize(TEXTS, "query").counts)
@@ -106,7 +107,7 @@ def test_the_openai_client(stack: dict[str, Any]) -> None:
     res = client.embeddings.create(model="querylift", input=TEXTS)
     got = np.asarray([d.embedding for d in res.data], dtype=np.float32)
     ref = httpx.post(f"{stack['url']}/embed", json={"input": TEXTS}, headers=auth("acme"))
-    np.testing.assert_allclose(got, vecs(ref.json()), atol=1e-6)
+    np.testing.assert_allclose(got, embeddings(ref.json()), atol=1e-6)
     # asked for explicitly, base64 comes back undecoded: little-endian float32 bytes
     b64 = client.embeddings.create(model="querylift", input=TEXTS, encoding_format="base64")
     raw = np.stack([np.frombuffer(base64.b64decode(d.embedding), "<f4") for d in b64.data])
@@ -122,7 +123,7 @@ def test_search_returns_what_qdrant_returns_for_the_embed_vector(stack: dict[str
     body = r.json()
     assert body["adapter"]["id"] == stack["ids"]["acme"]
     assert set(body["timings_ms"]) >= {"encode", "adapt", "search"}
-    vec = vecs(
+    vec = embeddings(
         httpx.post(f"{stack['url']}/embed", json={"input": query}, headers=auth("acme")).json()
     )[0]
     direct = stack["gateway"].client.query_points(
@@ -212,7 +213,7 @@ def test_hot_swap_under_concurrent_load_fails_no_request(
                 r = admin.put(
                     "/admin/tenants/acme/adapter",
                     json={"adapter_id": target},
-                    headers={"Authorization": f"Bearer {ADMIN}"},
+                    headers=admin_headers(),
                 )
                 assert r.status_code == 200, r.text
                 swaps += 1
@@ -228,5 +229,5 @@ def test_hot_swap_under_concurrent_load_fails_no_request(
     for _, body in results:
         aid = body["adapter"]["id"]
         seen.add(aid)
-        np.testing.assert_allclose(vecs(body), expected[aid], atol=1e-5)
+        np.testing.assert_allclose(embeddings(body), expected[aid], atol=1e-5)
     assert seen == {old, new}
