@@ -2,7 +2,7 @@
 
     python deploy/k8s/monitoring/render_prometheusrule.py     # rewrites prometheusrule.yaml
 
-tests/test_deploy.py fails when the committed file differs from what this renders.
+tests/deploy/test_deploy.py fails when the committed file differs from what this renders.
 """
 
 from __future__ import annotations
