@@ -39,7 +39,8 @@ def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int = CUTOF
 
     Pure Python rather than ranx here: the service scores a few thousand short lists per
     activation, and ranx's numba kernels cost seconds (first use: tens of seconds) to compile
-    in a fresh process. tests/adapters/test_gate_statistics.py checks it equals training.evaluate (ranx).
+    in a fresh process. tests/adapters/test_gate_statistics.py checks it equals
+    training.evaluate (ranx).
     A document id repeated in `ranked` counts once (its first position).
     """
     gains = sorted((r for r in relevant.values() if r > 0), reverse=True)[:k]

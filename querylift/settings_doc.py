@@ -3,8 +3,8 @@
 A hand-written table drifts from the code (a renamed setting, a changed default, a new one
 nobody documented); rendering it from `Settings.model_fields` and `EncoderSpec.model_fields`
 means the code is the only place a setting is described. `querylift settings-table` rewrites
-the marked blocks of the document and leaves the prose around them alone; tests/service/ops/test_settings.py
-fails when the committed document differs from what this renders.
+the marked blocks of the document and leaves the prose around them alone;
+tests/service/ops/test_settings.py fails when the committed document differs from what this renders.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The engine, the bindings and the search raise `ServiceError(code, message, details,
 retry_after_s=...)`; service/http/errors.py holds the one table that maps each code to an HTTP
 status (`STATUS`) and answers it in the one error shape, with `Retry-After` where a retry is
-the cure. A new code without a row there is a 500 in tests (tests/service/http/test_errors_table.py).
+the cure. A new code without a row there fails tests/service/http/test_errors_table.py.
 """
 
 from __future__ import annotations
