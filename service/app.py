@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from adapters.store import AdapterStore
 from encoders import Encoder, build_encoder
-from service.admin import activation, adapters, validation_sets
+from service.admin import activation, adapters, queries, validation_sets
 from service.admin.context import admin_state
 from service.admin.shadow import Shadow
 from service.admin.shadow import router as shadow_router
@@ -29,6 +29,7 @@ from service.http.middleware import install_middleware
 from service.http.routes import router
 from service.ops.metrics import Metrics
 from service.ops.preflight import check_model
+from service.ops.query_log import QueryLog
 from service.ops.settings import Settings
 from service.ops.shutdown import Drain, DrainGate, stop_at_cutoff
 from service.ops.tasks import cancel_and_wait
@@ -98,8 +99,14 @@ def create_app(
         start = time.perf_counter()
         runtime = build_runtime(settings, metrics, query_encoder, document_encoder, gateway)
         app.state.runtime = runtime
-        # all of the app's state, built here: the admin API's audit log and lock, the shadow
-        app.state.admin = admin_state(settings)
+        # all of the app's state, built here: the query logs (recorded by the hot routes,
+        # written by their own thread), the admin API's audit log and lock, the shadow
+        query_log = QueryLog.from_settings(
+            settings, {t.name: t.query_log for t in runtime.tenants.tenants.values()}
+        )
+        query_log.start()
+        app.state.query_log = query_log
+        app.state.admin = admin_state(settings, query_log)
         app.state.shadow = Shadow(runtime)
         q, d = runtime.query_encoder, runtime.document_encoder
         metrics.build_info.labels(
@@ -179,6 +186,8 @@ def create_app(
             app.state.batcher = None
             await replica_sync.stop()
             app.state.replica_sync = None
+            app.state.query_log = None
+            await asyncio.to_thread(query_log.stop)  # writes what is pending
             app.state.runtime = None
             app.state.shadow = None
             if gateway is None:
@@ -205,12 +214,13 @@ def create_app(
     app.state.batcher = None
     app.state.admin = None
     app.state.shadow = None
+    app.state.query_log = None
     app.state.warmup = None
     app.state.drain = Drain()  # begun by `querylift serve` on SIGTERM (service/ops/shutdown.py)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(info_router)
-    for admin_routes in (adapters, activation, validation_sets):
+    for admin_routes in (adapters, activation, validation_sets, queries):
         app.include_router(admin_routes.router)
     app.include_router(shadow_router)
 

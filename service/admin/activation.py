@@ -36,14 +36,18 @@ from service.admin.context import (
 from service.admin.gate import (
     GateRecord,
     GateUnavailable,
+    LabelFreeInfo,
     ValidationSet,
     gate_files,
     new_validation_set,
     parse_validation,
 )
 from service.admin.gate import evaluate as evaluate_gate
+from service.admin.label_free import evaluate as evaluate_label_free
+from service.admin.label_free import unlabelled_queries
 from service.bindings.tenants import Tenant
 from service.http.errors import APIError
+from service.ops.query_log import QueryLog
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -170,28 +174,53 @@ def _current(runtime: Runtime, tenant: Tenant, previous: dict[str, Any] | None) 
     return adapter
 
 
+@dataclass(frozen=True)
+class _GateRun:
+    report: GateReport | None  # None: not gated (no data), or the gate could not run (forced)
+    label_free: LabelFreeInfo | None  # set when it ran on unlabelled queries
+    extra: dict[str, Any] | None  # the audit line's gate fields
+    forced: bool  # past a refusing (or unavailable) gate with force=true
+
+
+def _evaluate(
+    admin: Admin,
+    tenant: Tenant,
+    adapter: Adapter,
+    previous: dict[str, Any] | None,
+    ask: _GateAsk,
+) -> tuple[GateReport, LabelFreeInfo | None] | None:
+    """The labelled gate when there is a validation set (it takes precedence), else the
+    label-free one when there are unlabelled queries (query set, query log); None: neither."""
+    runtime = admin.runtime
+    files = gate_files(runtime)
+    validation = ask.validation or files.validation(tenant.name)
+    if validation is not None:
+        current = _current(runtime, tenant, previous)
+        return evaluate_gate(runtime, tenant, validation, adapter, current), None
+    queries = unlabelled_queries(runtime, tenant, files.queries(tenant.name), admin.query_log)
+    if queries is None:
+        return None
+    current = _current(runtime, tenant, previous)
+    return evaluate_label_free(runtime, tenant, queries, adapter, current, admin.teacher_cache)
+
+
 def _gate(
     admin: Admin,
     tenant: Tenant,
     adapter: Adapter,
     previous: dict[str, Any] | None,
     ask: _GateAsk,
-) -> tuple[GateReport | None, dict[str, Any] | None, bool]:
-    """Run the quality gate when there is a validation set: (report, audit fields, forced).
+) -> _GateRun:
+    """Run the quality gate when there is data for it (validation set, else unlabelled
+    queries).
 
     Raises the 422 (or 409 when it cannot run) unless `ask.force`. Every run is recorded per
     (tenant, adapter), refused ones here and activated ones by `_swap` once the binding is
     written, so the numbers stay with the adapter.
     """
     runtime = admin.runtime
-    files = gate_files(runtime)
-    validation = ask.validation or files.validation(tenant.name)
-    if validation is None:
-        return None, ({"force": True, "gate": None} if ask.force else None), False
     try:
-        report = evaluate_gate(
-            runtime, tenant, validation, adapter, _current(runtime, tenant, previous)
-        )
+        found = _evaluate(admin, tenant, adapter, previous, ask)
     except GateUnavailable as e:
         reason = f"the quality gate cannot run: {e}"
         if not ask.force:
@@ -207,15 +236,21 @@ def _gate(
                 validation_failure=False,
                 extra={"force": False, "gate": None},
             ) from None
-        return None, {"force": True, "gate": None, "gate_error": reason}, True
+        return _GateRun(None, None, {"force": True, "gate": None, "gate_error": reason}, True)
+    if found is None:
+        return _GateRun(None, None, {"force": True, "gate": None} if ask.force else None, False)
+    report, label_free = found
     refused = report.decision == "refuse"
-    numbers = report.model_dump(mode="json")
+    numbers: dict[str, Any] = {"gate": report.model_dump(mode="json")}
+    if label_free is not None:
+        numbers["label_free"] = label_free.model_dump(mode="json")
     if refused:
         runtime.metrics.gate_refusals.labels(
             tenant.name, "forced" if ask.force else "blocked"
         ).inc()
         if not ask.force:
-            _save_record(runtime, _record(admin, tenant, report, forced=False, activated=False))
+            record = _record(admin, tenant, report, label_free, forced=False, activated=False)
+            _save_record(runtime, record)
             raise _refuse(
                 admin,
                 "activate",
@@ -226,8 +261,8 @@ def _gate(
                 "quality_gate_failed",
                 report.reasons,
                 validation_failure=False,
-                extra={"force": False, "gate": numbers},
-                details={"gate": numbers},
+                extra={"force": False, **numbers},
+                details=numbers,
             )
         log.warning(
             "admin %s: FORCED activation of %s for %s past the quality gate: %s",
@@ -236,11 +271,16 @@ def _gate(
             tenant.name,
             "; ".join(report.reasons),
         )
-    return report, {"force": ask.force, "gate": numbers}, refused
+    return _GateRun(report, label_free, {"force": ask.force, **numbers}, refused)
 
 
 def _record(
-    admin: Admin, tenant: Tenant, report: GateReport, forced: bool, activated: bool
+    admin: Admin,
+    tenant: Tenant,
+    report: GateReport,
+    label_free: LabelFreeInfo | None,
+    forced: bool,
+    activated: bool,
 ) -> GateRecord:
     assert report.candidate_id is not None
     return GateRecord(
@@ -250,6 +290,7 @@ def _record(
         forced=forced,
         activated=activated,
         report=report,
+        label_free=label_free,
     )
 
 
@@ -272,21 +313,20 @@ def _swap(
     """Validate, gate, write the binding, then swap this replica (caller holds admin.lock)."""
     runtime = admin.runtime
     adapter = None
-    report: GateReport | None = None
-    extra: dict[str, Any] | None = None
-    forced = False
+    gate = _GateRun(None, None, None, False)
     if adapter_id is not None:
         adapter = _validated(admin, action, tenant, adapter_id, previous)
         if ask is not None:
-            report, extra, forced = _gate(admin, tenant, adapter, previous, ask)
+            gate = _gate(admin, tenant, adapter, previous, ask)
         runtime.adapters.put(adapter)  # resident before the swap: sync finds it loaded
     with store_write(
         admin, action, tenant=tenant.name, adapter_id=adapter_id, before=previous, after=previous
     ):
         binding = runtime.store.activate(tenant.name, adapter_id, actor=admin.actor)
     assert binding.active is not None
-    if report is not None:
-        _save_record(runtime, _record(admin, tenant, report, forced, activated=True))
+    if gate.report is not None:
+        record = _record(admin, tenant, gate.report, gate.label_free, gate.forced, activated=True)
+        _save_record(runtime, record)
     active = binding_ref(binding.active.adapter_id, binding.active.version)
     runtime.sync()
     served = served_binding(runtime, tenant.name)
@@ -298,13 +338,15 @@ def _swap(
         adapter_id=adapter_id,
         before=previous,
         after=active,
-        extra=extra,
+        extra=gate.extra,
     )
     log.info("admin %s: %s tenant %s %s -> %s", admin.actor, action, tenant.name, previous, active)
     out = {"tenant": tenant.name, "active": active, "previous": previous, "served": served}
-    if extra is not None:  # a gate applied (validation set) or force was asked for
-        out["gate"] = report.model_dump(mode="json") if report is not None else None
-        out["forced"] = forced  # past a refusing (or unavailable) gate with force=true
+    if gate.extra is not None:  # a gate applied (validation set, queries) or force was asked
+        out["gate"] = gate.report.model_dump(mode="json") if gate.report is not None else None
+        out["forced"] = gate.forced  # past a refusing (or unavailable) gate with force=true
+        if gate.label_free is not None:
+            out["label_free"] = gate.label_free.model_dump(mode="json")
     return out
 
 
@@ -361,10 +403,11 @@ async def rollback_adapter(tenant: str, admin: AdminDep) -> dict[str, Any]:
     return await to_thread.run_sync(lambda: _rollback(admin, tenant))
 
 
-def _tenant_info(runtime: Runtime, tenant: Tenant) -> dict[str, Any]:
+def _tenant_info(runtime: Runtime, tenant: Tenant, query_log: QueryLog | None) -> dict[str, Any]:
     binding = runtime.store.binding(tenant.name)
     files = gate_files(runtime)
     validation = files.validation(tenant.name)
+    queries = files.queries(tenant.name)
     gates = files.gates_for_tenant(tenant.name)
     current = previous_binding(binding, tenant)
     active_gate = gates.get(current["adapter_id"]) if current and current["adapter_id"] else None
@@ -376,6 +419,8 @@ def _tenant_info(runtime: Runtime, tenant: Tenant) -> dict[str, Any]:
         "served": served_binding(runtime, tenant.name),
         "history": [event_json(e) for e in binding.history],
         "validation": validation.summary() if validation is not None else None,
+        "queries": queries.summary() if queries is not None else None,
+        "query_log": {"enabled": query_log is not None and query_log.enabled_for(tenant.name)},
         "gate": active_gate.model_dump(mode="json") if active_gate is not None else None,
         "gates": {a: r.model_dump(mode="json") for a, r in gates.items()},
     }
@@ -387,4 +432,4 @@ async def get_tenant(tenant: str, admin: AdminDep) -> dict[str, Any]:
     found = admin.runtime.tenants.tenants.get(tenant)
     if found is None:
         raise APIError(404, "tenant_not_found", f"unknown tenant {tenant!r}", {"tenant": tenant})
-    return await to_thread.run_sync(lambda: _tenant_info(admin.runtime, found))
+    return await to_thread.run_sync(lambda: _tenant_info(admin.runtime, found, admin.query_log))

@@ -27,6 +27,10 @@ Action = Literal[
     "delete_validation",
     "shadow_start",
     "shadow_stop",
+    "set_queries",
+    "delete_queries",
+    "export_query_log",
+    "clear_query_log",
 ]
 Outcome = Literal["ok", "refused"]
 

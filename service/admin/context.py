@@ -16,7 +16,10 @@ The quality gate (service/admin/gate.py, adapters/gate.py): when the tenant has 
 (`PUT /admin/tenants/{tenant}/validation`, or one inline in the activation body), activation
 also scores the candidate, the current adapter and the document model alone on it and refuses
 (422 `quality_gate_failed`, the numbers in `details.gate`) a candidate that is materially and
-significantly worse than either. `force=true` activates anyway and says so in the audit log.
+significantly worse than either. Without a validation set, the label-free gate
+(service/admin/label_free.py) applies the same rule to agreement with the query encoder on
+unlabelled queries (an uploaded query set, or the held-out share of the tenant's query log).
+`force=true` activates anyway and says so in the audit log.
 Rollback is not gated: it is the way back, and it restores a version that was accepted before.
 """
 
@@ -39,9 +42,11 @@ from adapters import Manifest
 from adapters.checkpoint import MANIFEST_FILE
 from adapters.store import BindingEvent, TenantBinding
 from service.admin.audit import Action, AuditLog
+from service.admin.label_free import TeacherCache
 from service.bindings.tenants import Tenant
 from service.http.deps import runtime_of
 from service.http.errors import APIError
+from service.ops.query_log import QueryLog
 from service.ops.settings import Settings
 from service.runtime import Runtime
 
@@ -60,11 +65,18 @@ def audit_path(settings: Settings) -> Path:
 class AdminState:
     audit: AuditLog
     lock: threading.Lock  # one admin change at a time in this process: validate, write, swap
+    query_log: QueryLog | None = None  # the app's query logs (export, clear, label-free gate)
+    teacher_cache: TeacherCache | None = None  # the label-free gate's teacher vectors
 
 
-def admin_state(settings: Settings) -> AdminState:
+def admin_state(settings: Settings, query_log: QueryLog | None = None) -> AdminState:
     """Built once per app, in its lifespan (service/app.py), like the rest of its state."""
-    return AdminState(AuditLog(audit_path(settings)), threading.Lock())
+    return AdminState(
+        AuditLog(audit_path(settings)),
+        threading.Lock(),
+        query_log,
+        TeacherCache(settings.gate_teacher_cache_entries),
+    )
 
 
 @dataclass
@@ -75,6 +87,8 @@ class Admin:
     actor: str
     audit: AuditLog
     lock: threading.Lock
+    query_log: QueryLog | None = None
+    teacher_cache: TeacherCache | None = None
 
     def record(self, action: Action, **fields: Any) -> None:
         self.audit.record(actor=self.actor, action=action, **fields)
@@ -117,7 +131,8 @@ def require_admin(request: Request) -> Admin:
         )
     runtime = runtime_of(request)
     state: AdminState = request.app.state.admin
-    return Admin(runtime, _actor(request.headers.get("x-querylift-actor")), state.audit, state.lock)
+    actor = _actor(request.headers.get("x-querylift-actor"))
+    return Admin(runtime, actor, state.audit, state.lock, state.query_log, state.teacher_cache)
 
 
 AdminDep = Annotated[Admin, Depends(require_admin)]

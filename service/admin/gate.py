@@ -11,6 +11,7 @@ same code `querylift eval --gate` runs.
 
 On disk, beside the adapter store's own folders (every file written by fsync + rename):
     <store>/validation/<tenant>.json          the tenant's validation set
+    <store>/queries/<tenant>.json             its unlabelled query set (the label-free gate)
     <store>/gates/<tenant>/<adapter id>.json  the latest gate run of that adapter for the tenant
 Gate records live outside the checkpoint: a manifest's content is its id (adapters/checkpoint
 `content_id`), so writing numbers into it would turn it into another adapter.
@@ -26,7 +27,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -160,7 +161,55 @@ def fingerprint(pairs: list[ValidationPair]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
+# -- unlabelled query sets (the label-free gate's data) -----------------------------------------
+class QuerySet(BaseModel):
+    """A tenant's unlabelled queries for the label-free gate (service/admin/label_free.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: str
+    sha256: str = Field(description="sha256 of the queries, one per line (what reports cite)")
+    uploaded_at: str
+    actor: str | None = None
+    queries: list[str]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "n_queries": len(self.queries),
+            "sha256": self.sha256,
+            "uploaded_at": self.uploaded_at,
+            "actor": self.actor,
+        }
+
+
 # -- gate records ------------------------------------------------------------------------------
+class LabelFreeInfo(BaseModel):
+    """What a label-free gate run scored, beside its GateReport: there the `*_ndcg` numbers
+    are agreements with the teacher (nDCG@10 against the query encoder's ranking)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Literal["query_set", "query_log"] = Field(
+        description="the tenant's uploaded query set, or the held-out share of its query log"
+    )
+    teacher: str = Field(description="the query encoder that ranked the candidates")
+    queries_available: int = Field(description="distinct queries in the source")
+    queries_used: int = Field(description="at most QUERYLIFT_GATE_LABEL_FREE_QUERIES")
+    queries_scored: int = Field(description="those with at least two candidates")
+    candidates_per_query: int = Field(description="QUERYLIFT_GATE_LABEL_FREE_CANDIDATES")
+    mean_candidates: float = Field(description="candidates found per scored query")
+    teacher_rows: int = Field(description="texts the teacher scored with (queries + docs)")
+    teacher_cached: int = Field(
+        default=0, description="of those, vectors kept from earlier runs (not embedded again)"
+    )
+    candidate_agreement: float
+    baseline_agreement: float = Field(description="the document model alone")
+    current_agreement: float | None = Field(default=None, description="the current adapter")
+    seconds: dict[str, float] = Field(
+        description="wall time of each step: embed, search, teacher, score, total"
+    )
+
+
 class GateRecord(BaseModel):
     """One gate run for (tenant, adapter): the numbers, who asked, and what happened."""
 
@@ -172,6 +221,9 @@ class GateRecord(BaseModel):
     forced: bool = Field(description="activated with force=true although the gate refused")
     activated: bool
     report: GateReport
+    label_free: LabelFreeInfo | None = Field(
+        default=None, description="set when the gate ran without labels (no validation set)"
+    )
 
 
 class GateFiles:
@@ -191,6 +243,25 @@ class GateFiles:
 
     def _gate_path(self, tenant: str, adapter_id: str) -> Path:
         return self.root / "gates" / self._name(tenant) / f"{self._name(adapter_id)}.json"
+
+    def _queries_path(self, tenant: str) -> Path:
+        return self.root / "queries" / f"{self._name(tenant)}.json"
+
+    def save_queries(self, qs: QuerySet) -> None:
+        atomic_write_bytes(self._queries_path(qs.tenant), qs.model_dump_json().encode())
+
+    def queries(self, tenant: str) -> QuerySet | None:
+        path = self._queries_path(tenant)
+        if not path.is_file():
+            return None
+        return QuerySet.model_validate_json(path.read_bytes())
+
+    def delete_queries(self, tenant: str) -> bool:
+        path = self._queries_path(tenant)
+        if not path.is_file():
+            return False
+        path.unlink()
+        return True
 
     def save_validation(self, vs: ValidationSet) -> None:
         atomic_write_bytes(self._validation_path(vs.tenant), vs.model_dump_json().encode())

@@ -65,6 +65,11 @@ class Tenant(BaseModel):
     rate_limit_burst: int | None = Field(
         default=None, gt=0, description="bucket size; unset = the default burst"
     )
+    query_log: bool | None = Field(
+        default=None,
+        description="record this tenant's query texts (export, label-free gate); unset = "
+        "QUERYLIFT_QUERY_LOG",
+    )
 
     @field_validator("api_keys_sha256")
     @classmethod

@@ -34,6 +34,7 @@ from service.http.schemas import (
     SearchResponse,
     SearchResult,
 )
+from service.ops.query_log import QueryLog
 from service.runtime import Runtime
 
 router = APIRouter()
@@ -168,16 +169,25 @@ async def _embed(
         gone.cancel()
 
 
+def _log_queries(request: Request, tenant: Tenant, texts: list[str], endpoint: str) -> None:
+    """An answered request's query texts into the tenant's opt-in query log
+    (service/ops/query_log.py): a buffer append, no I/O on this path."""
+    query_log: QueryLog | None = getattr(request.app.state, "query_log", None)
+    if query_log is not None:
+        query_log.record(tenant.name, texts, endpoint)
+
+
 async def embed_response(
     request: Request, runtime: Runtime, batcher: Batcher, tenant: Tenant, body: EmbedRequest
 ) -> Response:
     """POST /embed once the request is known good (the route and service/http/fastpath.py)."""
+    texts = body.texts()
     out = await _embed(
         request,
         runtime,
         batcher,
         tenant,
-        body.texts(),
+        texts,
         body.input_type,
         body.instruction,
         body.truncate,
@@ -190,7 +200,10 @@ async def embed_response(
         "adapter": {"id": a.adapter.id, "version": a.version} if a else None,
         "usage": _usage(out),
     }
-    return _json_response(_dumps(payload), out, out.timings_ms)
+    body_bytes = _dumps(payload)
+    if body.input_type == "query":
+        _log_queries(request, tenant, texts, "/embed")
+    return _json_response(body_bytes, out, out.timings_ms)
 
 
 async def openai_response(
@@ -265,7 +278,10 @@ async def openai_response(
         "model": body.model or out.model,
         "usage": _usage(out),
     }
-    return _json_response(_dumps(payload), out, out.timings_ms)
+    body_bytes = _dumps(payload)
+    if input_type == "query":
+        _log_queries(request, tenant, texts, "/v1/embeddings")
+    return _json_response(body_bytes, out, out.timings_ms)
 
 
 # The routes document the API (request and response models in OpenAPI) and serve whatever
@@ -370,6 +386,7 @@ async def search_response(
     if not body.with_vectors:  # the key appears only when asked for
         exclude["results"] = {"__all__": {"vector"}}
     dump = result.model_dump_json(exclude=exclude or None)
+    _log_queries(request, tenant, [body.query], "/search")
     return _json_response(dump.encode(), out, timings)
 
 

@@ -244,6 +244,84 @@ class Settings(BaseSettings):
         description="Most queries in a tenant validation set (each gated activation embeds and "
         "searches every one of them up to three times).",
     )
+    gate_label_free_queries: int = Field(
+        default=100,
+        gt=0,
+        le=10_000,
+        description="Label-free quality gate (a tenant with no validation set): most unlabelled "
+        "queries scored per activation (its uploaded query set, else the held-out share of its "
+        "query log, newest first). The query encoder embeds each of them and the text of its "
+        "candidates, so the work is at most this x (1 + `QUERYLIFT_GATE_LABEL_FREE_CANDIDATES`) "
+        "big-model rows per activation (fewer: shared candidates are embedded once).",
+    )
+    gate_label_free_candidates: int = Field(
+        default=100,
+        gt=1,
+        le=1000,
+        description="Label-free quality gate: candidates per query, the top-k of the tenant's "
+        "collection for the document model's own query vector, re-ranked by the query encoder "
+        "(the teacher) and by each adapter; agreement is nDCG@10 against the teacher's order.",
+    )
+    gate_label_free_min_log_queries: int = Field(
+        default=20,
+        gt=0,
+        description="Label-free quality gate: fewest distinct held-out query-log queries it "
+        "runs on; with fewer (and no validation or query set) activation is not gated. An "
+        "uploaded query set is always used, whatever its size.",
+    )
+    gate_teacher_cache_entries: int = Field(
+        default=10_000,
+        ge=0,
+        description="Label-free quality gate: the query encoder's vectors of candidate "
+        "documents kept in memory across activations (LRU; about query dim x 4 bytes each: "
+        "30 MB embedded, 160 MB for Qwen3 8B); a candidate set depends on the document model "
+        "and the collection only, so the next activation on the same queries embeds almost "
+        "nothing. 0 = off.",
+    )
+    gate_holdout_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of query-log texts held out for the label-free gate, chosen by a "
+        "hash of the text (the same text is always on the same side); export `?split=train` "
+        "leaves them out, so an adapter distilled on the export is gated on queries it never "
+        "saw.",
+    )
+    query_log: bool = Field(
+        default=False,
+        description="Record each tenant's query texts (`/search`; `/embed` and "
+        "`/v1/embeddings` with input type query; never documents) for export and the "
+        "label-free gate. Stored user text: off by default; a tenant's `query_log` in the "
+        "tenants file overrides it.",
+    )
+    query_log_dir: Path | None = Field(
+        default=None,
+        description="Folder of the query logs (one subfolder per tenant, one append-only file "
+        "per replica; share it between replicas so an export sees all traffic); unset = "
+        "`<QUERYLIFT_ADAPTER_STORE>/query-log`.",
+    )
+    query_log_max_entries: int = Field(
+        default=10_000,
+        gt=0,
+        le=1_000_000,
+        description="Most query-log entries kept per tenant; beyond it the oldest are dropped "
+        "(an export holds at most this many; each replica's file at most 1.25x it).",
+    )
+    query_log_max_age_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Retention of query-log entries in seconds (default 7 days); older ones "
+        "are never exported and are deleted from disk within a minute.",
+    )
+    query_log_flush_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often a background thread appends the recorded queries to disk (one "
+        "write and fsync per tenant and flush; requests never wait for it). A crash loses at "
+        "most this much of the log.",
+    )
     max_inputs: int = Field(default=256, gt=0, description="Most texts in one embed request.")
     max_input_chars: int = Field(
         default=32_768, gt=0, description="Most characters in one input text."
