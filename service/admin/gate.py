@@ -329,15 +329,16 @@ def gate_files(runtime: Runtime) -> GateFiles:
 
 # -- the live evaluation -----------------------------------------------------------------------
 @dataclass(frozen=True)
-class _System:
+class System:
     key: str  # "baseline" | "candidate" | "current"
     adapter: ActiveAdapter | None  # None: the document encoder's own query vectors
 
 
-def _vectors(
-    runtime: Runtime, tenant: Tenant, systems: list[_System], texts: list[str]
+def served_vectors(
+    runtime: Runtime, tenant: Tenant, systems: list[System], texts: list[str]
 ) -> dict[str, np.ndarray]:
-    """{system key: vectors} for `texts`; one embed_batch call per chunk for every system."""
+    """{system key: the vectors the tenant would be served} for `texts` (Matryoshka cut
+    included); one embed_batch call per chunk for every system. Both gates score with it."""
     out: dict[str, list[np.ndarray]] = {s.key: [] for s in systems}
     for start in range(0, len(texts), _CHUNK):
         chunk = texts[start : start + _CHUNK]
@@ -356,6 +357,8 @@ def _vectors(
             if isinstance(res, ServiceError):
                 raise res
             assert isinstance(res, EmbedOutcome)
+            if res.degraded:  # the document encoder answered for the query encoder
+                raise GateUnavailable(f"the query encoder is unavailable ({res.degraded})")
             out[s.key].append(np.asarray(res.vectors, dtype=np.float32))
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -391,11 +394,11 @@ def evaluate(
         raise GateUnavailable(
             f"collection {collection!r} does not exist: nothing to search the validation set in"
         ) from None
-    systems = [_System("baseline", None), _System("candidate", ActiveAdapter(candidate, 0))]
+    systems = [System("baseline", None), System("candidate", ActiveAdapter(candidate, 0))]
     if current is not None and current.id != candidate.id:
-        systems.append(_System("current", ActiveAdapter(current, 0)))
+        systems.append(System("current", ActiveAdapter(current, 0)))
     pairs = validation.pairs
-    vectors = _vectors(runtime, tenant, systems, [p.query for p in pairs])
+    vectors = served_vectors(runtime, tenant, systems, [p.query for p in pairs])
     scores: dict[str, dict[str, float]] = {}
     for s in systems:
         ranked = _rankings(runtime, tenant, vectors[s.key])

@@ -44,9 +44,11 @@ from service.admin.gate import (
     GateUnavailable,
     LabelFreeInfo,
     QuerySet,
+    System,
+    served_vectors,
 )
 from service.bindings.tenants import Tenant
-from service.engine.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
+from service.engine.embedding import ActiveAdapter
 from service.engine.errors import ServiceError
 from service.http.errors import APIError
 from service.ops.query_log import QueryLog
@@ -239,40 +241,6 @@ class TeacherCache:
 
 
 # -- the evaluation ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _System:
-    key: str  # "baseline" | "candidate" | "current"
-    adapter: ActiveAdapter | None  # None: the document encoder's own query vectors
-
-
-def _served(
-    runtime: Runtime, tenant: Tenant, systems: list[_System], texts: list[str]
-) -> dict[str, np.ndarray]:
-    """{system: the vectors the tenant would be served} (Matryoshka cut included)."""
-    out: dict[str, list[np.ndarray]] = {s.key: [] for s in systems}
-    for start in range(0, len(texts), _CHUNK):
-        chunk = texts[start : start + _CHUNK]
-        items = [
-            EmbedItem(
-                tenant.name,
-                chunk,
-                "query",
-                truncate=True,
-                adapter=s.adapter,
-                baseline=s.adapter is None,
-            )
-            for s in systems
-        ]
-        for s, res in zip(systems, runtime.embed_batch(items), strict=True):
-            if isinstance(res, ServiceError):
-                raise res
-            assert isinstance(res, EmbedOutcome)
-            if res.degraded:  # the document encoder answered for the query encoder
-                raise GateUnavailable(f"the query encoder is unavailable ({res.degraded})")
-            out[s.key].append(np.asarray(res.vectors, dtype=np.float32))
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
 @dataclass
 class _Candidates:
     texts: list[str]
@@ -378,10 +346,10 @@ def evaluate(
         raise GateUnavailable(
             f"collection {collection!r} does not exist: no candidates to rank"
         ) from None
-    systems = [_System("baseline", None), _System("candidate", ActiveAdapter(candidate, 0))]
+    systems = [System("baseline", None), System("candidate", ActiveAdapter(candidate, 0))]
     if current is not None and current.id != candidate.id:
-        systems.append(_System("current", ActiveAdapter(current, 0)))
-    served = _served(runtime, tenant, systems, queries.texts)
+        systems.append(System("current", ActiveAdapter(current, 0)))
+    served = served_vectors(runtime, tenant, systems, queries.texts)
     t1 = time.perf_counter()
     found = [_candidates(runtime, tenant, v, k) for v in served["baseline"]]
     t2 = time.perf_counter()
