@@ -23,6 +23,7 @@ from service.bindings.tenants import TenantRegistry
 from service.engine.batcher import Batcher
 from service.engine.warmup import WarmUp, run_warm_up
 from service.http.errors import install_error_handlers
+from service.http.health import router as health_router
 from service.http.info import package_version
 from service.http.info import router as info_router
 from service.http.middleware import install_middleware
@@ -219,6 +220,7 @@ def create_app(
     app.state.drain = Drain()  # begun by `querylift serve` on SIGTERM (service/ops/shutdown.py)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(health_router)
     app.include_router(info_router)
     for admin_routes in (adapters, activation, validation_sets, queries):
         app.include_router(admin_routes.router)
