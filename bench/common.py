@@ -1,7 +1,8 @@
 """Shared helpers of the benchmarks: a querylift server in a subprocess, latency summaries,
 the serving setup and closed-loop client that bench.serve, bench.overload, bench.engine_cpu
-and bench.first_request drive, a random linear adapter, encoders from a models folder and the
-markdown tables of the quality reports.
+and bench.first_request drive, a random linear adapter, encoders from a models folder, the
+markdown tables of the quality reports, and SciFact's two k-means topic halves
+(bench.domain_shift, bench.label_free).
 
 Here rather than in the bench that first needed them, so that no bench imports another.
 """
@@ -37,7 +38,7 @@ from service.bindings.tenants import hash_key
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from service.search.qdrant_gateway import QdrantGateway
 from training.align import model_info
-from training.data import read_corpus, read_queries
+from training.data import Dataset, read_corpus, read_queries
 
 KEY = "bench-serve-key"  # the one tenant's API key of `build_setup`
 DEMO = Path(__file__).resolve().parents[1] / "demo" / "scifact-mini"
@@ -303,3 +304,92 @@ def pts(v: float | None) -> str:
         return ""
     v = round(v * 100, 1)
     return f"{v + 0.0:+.1f}"
+
+
+# --------------------------------------------------------------------------- topic halves
+
+
+def spherical_kmeans(
+    x: np.ndarray, k: int = 2, seed: int = 0, restarts: int = 10, iters: int = 100
+) -> tuple[np.ndarray, float]:
+    """Cluster L2-normalised rows by cosine (k-means++ seeding); the best of `restarts` runs.
+
+    Returns (labels, objective = mean cosine to the own centroid). Tiny on purpose: sklearn is
+    not a dependency and 5k x 384 needs nothing more.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    best: tuple[np.ndarray, float] | None = None
+    for _ in range(restarts):
+        centres = [x[rng.integers(len(x))]]
+        while len(centres) < k:
+            dist = 1.0 - np.max(x @ np.stack(centres).T, axis=1)
+            p = np.clip(dist, 0, None) ** 2
+            centres.append(x[rng.choice(len(x), p=p / p.sum())])
+        c = np.stack(centres)
+        labels = np.full(len(x), -1)
+        for _ in range(iters):
+            new = np.argmax(x @ c.T, axis=1)
+            if np.array_equal(new, labels):
+                break
+            labels = new
+            for j in range(k):
+                members = x[labels == j]
+                if len(members):
+                    m = members.sum(axis=0)
+                    c[j] = m / np.linalg.norm(m)
+        objective = float(np.mean(np.sum(x * c[labels], axis=1)))
+        if best is None or objective > best[1]:
+            best = (labels.copy(), objective)
+    assert best is not None
+    return best
+
+
+@dataclass
+class Half:
+    """One topic half as a dataset of its own (BEIR splits train/test), plus all its qrels."""
+
+    name: str
+    ds: Dataset
+    all_qrels: dict[str, dict[str, int]]
+
+
+def split_halves(
+    ds: Dataset, doc_ids: list[str], labels: np.ndarray
+) -> tuple[list[Half], dict[str, Any]]:
+    """Two Datasets by document label; each query follows its positives (straddlers dropped)."""
+    half_of = dict(zip(doc_ids, labels.tolist(), strict=True))
+    qrels: list[dict[str, dict[str, dict[str, int]]]] = [{}, {}]
+    straddling = {split: 0 for split in ds.qrels}
+    for split, per_q in ds.qrels.items():
+        for qid, rel in per_q.items():
+            halves = {half_of[doc] for doc, r in rel.items() if r > 0 and doc in half_of}
+            if len(halves) != 1:
+                straddling[split] += 1
+                continue
+            h = halves.pop()
+            qrels[h].setdefault(split, {})[qid] = dict(rel)
+    out = []
+    for h, name in enumerate("AB"):
+        corpus = {i: ds.corpus[i] for i in doc_ids if half_of[i] == h}
+        qids = {q for per_q in qrels[h].values() for q in per_q}
+        out.append(
+            Half(
+                name,
+                Dataset(
+                    name=f"{ds.name}-{name}",
+                    corpus=corpus,
+                    queries={q: ds.queries[q] for q in sorted(qids)},
+                    qrels=qrels[h],
+                    source=f"{ds.source} (k-means half {name})",
+                ),
+                {q: rel for per_q in qrels[h].values() for q, rel in per_q.items()},
+            )
+        )
+    stats = {
+        "documents": {h.name: len(h.ds.corpus) for h in out},
+        "queries": {h.name: {s: len(v) for s, v in h.ds.qrels.items()} for h in out},
+        "straddling_dropped": straddling,
+    }
+    return out, stats

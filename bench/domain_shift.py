@@ -39,7 +39,7 @@ import numpy as np
 from adapters import AdapterKind
 from adapters.fsutil import atomic_write_bytes
 from adapters.kinds import forward as adapter_forward
-from bench.common import load_encoder, md_table, pts
+from bench.common import load_encoder, md_table, pts, spherical_kmeans, split_halves
 from encoders import Encoder
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.align import sample_texts
@@ -58,43 +58,6 @@ QUALITY_SEEDS = (0, 1, 2)  # bench.quality's alignment samples: the texts alread
 # --------------------------------------------------------------------------- the halves
 
 
-def spherical_kmeans(
-    x: np.ndarray, k: int = 2, seed: int = 0, restarts: int = 10, iters: int = 100
-) -> tuple[np.ndarray, float]:
-    """Cluster L2-normalised rows by cosine (k-means++ seeding); the best of `restarts` runs.
-
-    Returns (labels, objective = mean cosine to the own centroid). Tiny on purpose: sklearn is
-    not a dependency and 5k x 384 needs nothing more.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    rng = np.random.default_rng(seed)
-    best: tuple[np.ndarray, float] | None = None
-    for _ in range(restarts):
-        centres = [x[rng.integers(len(x))]]
-        while len(centres) < k:
-            dist = 1.0 - np.max(x @ np.stack(centres).T, axis=1)
-            p = np.clip(dist, 0, None) ** 2
-            centres.append(x[rng.choice(len(x), p=p / p.sum())])
-        c = np.stack(centres)
-        labels = np.full(len(x), -1)
-        for _ in range(iters):
-            new = np.argmax(x @ c.T, axis=1)
-            if np.array_equal(new, labels):
-                break
-            labels = new
-            for j in range(k):
-                members = x[labels == j]
-                if len(members):
-                    m = members.sum(axis=0)
-                    c[j] = m / np.linalg.norm(m)
-        objective = float(np.mean(np.sum(x * c[labels], axis=1)))
-        if best is None or objective > best[1]:
-            best = (labels.copy(), objective)
-    assert best is not None
-    return best
-
-
 def neighbour_purity(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
     """Share of each document's k nearest neighbours (cosine) that lie in its own half."""
     x = np.asarray(x, dtype=np.float32)
@@ -106,55 +69,6 @@ def neighbour_purity(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
         nn = np.argpartition(-sims, k, axis=1)[:, :k]
         same += int((labels[nn] == labels[s : s + 1024, None]).sum())
     return same / (len(x) * k)
-
-
-@dataclass
-class Half:
-    """One topic half as a dataset of its own (BEIR splits train/test), plus all its qrels."""
-
-    name: str
-    ds: Dataset
-    all_qrels: dict[str, dict[str, int]]
-
-
-def split_halves(
-    ds: Dataset, doc_ids: list[str], labels: np.ndarray
-) -> tuple[list[Half], dict[str, Any]]:
-    """Two Datasets by document label; each query follows its positives (straddlers dropped)."""
-    half_of = dict(zip(doc_ids, labels.tolist(), strict=True))
-    qrels: list[dict[str, dict[str, dict[str, int]]]] = [{}, {}]
-    straddling = {split: 0 for split in ds.qrels}
-    for split, per_q in ds.qrels.items():
-        for qid, rel in per_q.items():
-            halves = {half_of[doc] for doc, r in rel.items() if r > 0 and doc in half_of}
-            if len(halves) != 1:
-                straddling[split] += 1
-                continue
-            h = halves.pop()
-            qrels[h].setdefault(split, {})[qid] = dict(rel)
-    out = []
-    for h, name in enumerate("AB"):
-        corpus = {i: ds.corpus[i] for i in doc_ids if half_of[i] == h}
-        qids = {q for per_q in qrels[h].values() for q in per_q}
-        out.append(
-            Half(
-                name,
-                Dataset(
-                    name=f"{ds.name}-{name}",
-                    corpus=corpus,
-                    queries={q: ds.queries[q] for q in sorted(qids)},
-                    qrels=qrels[h],
-                    source=f"{ds.source} (k-means half {name})",
-                ),
-                {q: rel for per_q in qrels[h].values() for q, rel in per_q.items()},
-            )
-        )
-    stats = {
-        "documents": {h.name: len(h.ds.corpus) for h in out},
-        "queries": {h.name: {s: len(v) for s, v in h.ds.qrels.items()} for h in out},
-        "straddling_dropped": straddling,
-    }
-    return out, stats
 
 
 # --------------------------------------------------------------------------- runs

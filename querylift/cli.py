@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:  # annotations only: the CLI imports its heavy modules lazily
     from adapters import Adapter
     from encoders import Encoder
     from training.cache import EmbeddingCache
-    from training.data import Dataset
+    from training.data import Dataset, Document
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -346,6 +347,13 @@ DatasetArg = Annotated[
         "or a bare corpus file (alignment_only)."
     ),
 ]
+TrainDatasetArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="BEIR folder (corpus, queries, qrels/*.tsv); or a pairs jsonl with --corpus; "
+        'or a bare corpus file (alignment_only; distill: a jsonl of {"id", "text"} too).'
+    ),
+]
 CorpusOpt = Annotated[Path | None, typer.Option(help="Corpus for a pairs file.")]
 QueryEncoderOpt = Annotated[
     str,
@@ -359,11 +367,19 @@ CacheOpt = Annotated[Path, typer.Option(help="Embedding cache folder.")]
 
 @app.command()
 def train(
-    dataset: DatasetArg,
     out: Annotated[Path, typer.Option(help="Output folder: checkpoint/ and report.*")],
+    dataset: TrainDatasetArg = None,
     corpus: CorpusOpt = None,
-    mode: Annotated[str, typer.Option(help="alignment_only | label_only | both")] = "both",
-    kind: Annotated[str, typer.Option(help="linear | mlp | lowrank | hybrid")] = "linear",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="alignment_only | label_only | both | distill (no labels: the query model's "
+            "ranking of the index's candidates, into a hybrid adapter)"
+        ),
+    ] = "both",
+    kind: Annotated[
+        str | None, typer.Option(help="linear (default) | mlp | lowrank | hybrid")
+    ] = None,
     query_encoder: QueryEncoderOpt = "query",
     alignment: Annotated[str, typer.Option(help="ridge | cosine")] = "ridge",
     ridge_alpha: float = 0.1,
@@ -380,7 +396,8 @@ def train(
         float | None,
         typer.Option(
             help="L2 pull toward the starting weights (the hybrid's identity, the ridge fit "
-            "under `both`), not zero; default: the kind's (hybrid 0.02, others 0)"
+            "under `both`), not zero; default: the kind's (hybrid 0.02, others 0); distill: "
+            "its pull toward the document model (default 0.02)"
         ),
     ] = None,
     hidden: int = 2048,
@@ -389,8 +406,61 @@ def train(
     refit: Annotated[bool, typer.Option(help="Retrain on train+val for the chosen epochs")] = True,
     seed: int = 0,
     cache: CacheOpt = Path("var/cache"),
+    collection: Annotated[
+        str | None,
+        typer.Option(
+            help="distill: read the corpus back from this Qdrant collection (the text in the "
+            "payload, as `querylift index` writes it) instead of DATASET."
+        ),
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="distill --collection: only this tenant's points (QUERYLIFT_TENANT_FIELD)."
+        ),
+    ] = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            help='distill: unlabelled queries, JSON lines with "text" or "query", or one query '
+            "a line."
+        ),
+    ] = None,
+    queries_from: Annotated[
+        Path | None,
+        typer.Option(
+            help='distill: the service\'s query-log export (JSON lines with "text"); with '
+            "--queries too, both are used."
+        ),
+    ] = None,
+    pseudo: Annotated[
+        str,
+        typer.Option(
+            help="distill: pseudo-queries cut from the corpus: `auto` (only when no queries "
+            "are given), `mix` (add up to as many as there are real queries), `off`."
+        ),
+    ] = "auto",
+    pseudo_rule: Annotated[
+        str, typer.Option(help="distill: title | first | last | random (sentence), 20 words.")
+    ] = "title",
+    steps: Annotated[
+        int | None, typer.Option(min=0, help="distill: full-batch AdamW steps (200).")
+    ] = None,
+    teacher_temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="distill: t_T (0.02).")
+    ] = None,
+    student_temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="distill: t_S (0.02).")
+    ] = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option(min=1, help="distill: the index's top-k the teacher re-scores (100)."),
+    ] = None,
 ) -> None:
-    """Train an adapter checkpoint the service accepts, and report how it does on test."""
+    """Train an adapter checkpoint the service accepts, and report how it does on test.
+
+    `--mode distill` needs no labels: DATASET (or --collection) is the corpus, the queries
+    come from --queries / --queries-from or are cut from the corpus (--pseudo)."""
     from pydantic import ValidationError
 
     from training.cache import EmbeddingCache
@@ -399,11 +469,37 @@ def train(
     from training.report import markdown_table, write_report
 
     _logging("warning")
+    if mode == "distill":
+        _train_distill(
+            DistillArgs(
+                out=out,
+                dataset=dataset,
+                collection=collection,
+                tenant=tenant,
+                queries=queries,
+                queries_from=queries_from,
+                pseudo=pseudo,
+                pseudo_rule=pseudo_rule,
+                kind=kind,
+                query_encoder=query_encoder,
+                steps=steps,
+                lr=lr,
+                teacher_temperature=teacher_temperature,
+                student_temperature=student_temperature,
+                pull=reg,
+                candidates=candidates,
+                seed=seed,
+                cache=cache,
+            )
+        )
+        return
     try:
+        if dataset is None:
+            raise ValueError("a DATASET is required (only --mode distill reads --collection)")
         cfg = TrainConfig.model_validate(
             {
                 "mode": mode,
-                "kind": kind,
+                "kind": kind or "linear",
                 "alignment": alignment,
                 "ridge_alpha": ridge_alpha,
                 "hidden": hidden,
@@ -461,6 +557,199 @@ def train(
     )
     typer.echo(
         f"checkpoint {out / 'checkpoint'} (adapter id {adapter.id}); report {paths['markdown']}"
+    )
+
+
+@dataclass(frozen=True)
+class DistillArgs:
+    """`querylift train --mode distill`'s inputs, as given."""
+
+    out: Path
+    dataset: Path | None
+    collection: str | None
+    tenant: str | None
+    queries: Path | None
+    queries_from: Path | None
+    pseudo: str
+    pseudo_rule: str
+    kind: str | None
+    query_encoder: str
+    steps: int | None
+    lr: float
+    teacher_temperature: float | None
+    student_temperature: float | None
+    pull: float | None
+    candidates: int | None
+    seed: int
+    cache: Path
+
+
+def _collection_documents(name: str, tenant: str | None) -> list[Document]:
+    """A collection's documents read back from Qdrant (QUERYLIFT_QDRANT_*): the id and text
+    `querylift index` wrote into each payload, only `tenant`'s points when given."""
+    from qdrant_client import models
+
+    from service.ops.settings import Settings
+    from service.search.qdrant_gateway import CollectionNotFound, QdrantGateway
+    from training.data import DataError, Document
+
+    settings = Settings()
+    gw = QdrantGateway(
+        url=settings.qdrant_url, path=str(settings.qdrant_path), api_key=settings.qdrant_api_key
+    )
+    flt = (
+        None
+        if tenant is None
+        else models.Filter(
+            must=[
+                models.FieldCondition(
+                    key=settings.tenant_field, match=models.MatchValue(value=tenant)
+                )
+            ]
+        )
+    )
+    docs: list[Document] = []
+    try:
+        gw.collection_info(name)
+        offset = None
+        while True:
+            # the gateway has no scroll of its own yet: its client, from this one thread
+            points, offset = gw.client.scroll(
+                name, scroll_filter=flt, limit=1024, offset=offset, with_payload=True
+            )
+            for p in points:
+                payload = dict(p.payload or {})
+                text = payload.pop("text", None)
+                if not isinstance(text, str) or not text.strip():
+                    raise DataError(f"collection {name!r}: point {p.id} has no `text` payload")
+                doc_id = str(payload.pop("doc_id", p.id))
+                payload.pop(settings.tenant_field, None)
+                docs.append(Document(doc_id, text, payload))
+            if offset is None:
+                break
+    except CollectionNotFound:
+        raise DataError(f"no collection {name!r} in Qdrant") from None
+    finally:
+        gw.close()
+    if not docs:
+        raise DataError(
+            f"collection {name!r} holds no points" + (f" of tenant {tenant!r}" if tenant else "")
+        )
+    return docs
+
+
+def _distill_inputs(a: DistillArgs) -> tuple[list[Document], list[str], str, str]:
+    """(corpus, queries, query source, data description) for a distill run."""
+    from training.data import DataError, read_corpus, read_query_log, read_query_texts
+    from training.pseudo import PSEUDO_RULES, mix_queries, pseudo_queries
+
+    if (a.dataset is None) == (a.collection is None):
+        raise ValueError("distill reads one corpus: give DATASET or --collection, not both")
+    if a.pseudo not in ("auto", "mix", "off"):
+        raise ValueError(f"--pseudo {a.pseudo!r}: one of auto, mix, off")
+    if a.pseudo_rule not in PSEUDO_RULES:
+        raise ValueError(f"--pseudo-rule {a.pseudo_rule!r}: one of {', '.join(PSEUDO_RULES)}")
+    if a.kind not in (None, "hybrid"):
+        raise ValueError("distill trains the hybrid kind only (leave --kind out)")
+    if a.query_encoder == "document":
+        raise ValueError("distill needs the query encoder as the teacher, not `document`")
+    if a.collection is not None:
+        corpus = _collection_documents(a.collection, a.tenant)
+        data = f"collection {a.collection}" + (f" (tenant {a.tenant})" if a.tenant else "")
+    else:
+        assert a.dataset is not None
+        corpus = list(read_corpus(a.dataset))
+        data = str(a.dataset)
+        if not corpus:
+            raise DataError(f"{a.dataset}: empty corpus (no documents)")
+    real: list[str] = []
+    sources = []
+    if a.queries is not None:
+        real += read_query_texts(a.queries)
+        sources.append("queries")
+    if a.queries_from is not None:
+        real += read_query_log(a.queries_from)
+        sources.append("log")
+    real = list(dict.fromkeys(real))
+    source = "+".join(sources) or "pseudo"
+    if not real:
+        if a.pseudo == "off":
+            raise ValueError("no queries: give --queries / --queries-from, or allow --pseudo")
+        return corpus, pseudo_queries(corpus, a.pseudo_rule, seed=a.seed), "pseudo", data
+    if a.pseudo == "mix":
+        real = mix_queries(real, pseudo_queries(corpus, a.pseudo_rule, seed=a.seed), a.seed)
+        source = "mixed"
+    return corpus, real, source, data
+
+
+def _train_distill(a: DistillArgs) -> None:
+    """`querylift train --mode distill`: a hybrid adapter from the query model's ranking."""
+    from training.cache import EmbeddingCache
+    from training.data import DataError
+    from training.distill import distill_adapter
+    from training.report import markdown_table, write_report
+
+    try:
+        if (a.out / "checkpoint").exists():
+            raise ValueError(f"{a.out / 'checkpoint'} exists; checkpoints are never overwritten")
+        corpus, texts, source, data = _distill_inputs(a)
+        q, d = _encoders("query")
+        given = {
+            "steps": a.steps,
+            "teacher_temperature": a.teacher_temperature,
+            "student_temperature": a.student_temperature,
+            "pull": a.pull,
+            "candidates": a.candidates,
+        }  # unset: distill_adapter's defaults (training/distill.py), stated once
+        result = distill_adapter(
+            q,
+            d,
+            corpus,
+            texts,
+            seed=a.seed,
+            cache=EmbeddingCache(a.cache),
+            lr=a.lr,
+            query_source=source,
+            pseudo_rule=a.pseudo_rule,  # type: ignore[arg-type]
+            data=data,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    except (DataError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    adapter = result.save(a.out / "checkpoint")
+    stats = result.stats
+    held = stats["agreement"]["held_out"]
+    split = "held_out" if stats["counts"]["held_out_queries"] else "train"
+    rows = {
+        f"teacher ({q.name} on both sides, the ceiling)": {"agreement@10": 1.0},
+        f"{d.name} alone": {"agreement@10": stats["agreement"][split]["document_model"]},
+        "distilled hybrid": {"agreement@10": stats["agreement"][split]["student"]},
+    }
+    paths = write_report(
+        a.out,
+        f"querylift train --mode distill: {data}",
+        rows,
+        [{"epoch": h["step"], "kl_loss": h["kl"], "pull_loss": h["pull"]} for h in result.history],
+        meta={"adapter_id": adapter.id, "data": data, "query_source": source, "stats": stats},
+        baseline=f"{d.name} alone",
+    )
+    c = stats["counts"]
+    typer.echo(
+        f"{c['queries']} queries ({source}; {c['train_queries']} trained on, "
+        f"{c['held_out_queries']} held out), {c['corpus_documents']} documents, "
+        f"{c['candidate_documents']} of them encoded by {q.name} as candidates"
+    )
+    where = "held-out" if split == "held_out" else "training (too few to hold any out)"
+    typer.echo(f"agreement with the teacher (nDCG@10 of its top-10), {where} queries:")
+    typer.echo(markdown_table(rows, baseline=f"{d.name} alone"))
+    if split == "held_out" and held["document_model"] < 1.0:
+        gap = (held["student"] - held["document_model"]) / (1.0 - held["document_model"])
+        typer.echo(f"the student closes {gap:.0%} of the gap to the teacher on held-out queries")
+    t = stats["seconds"]
+    typer.echo(f"vectors {t['vectors']:.1f}s (cached afterwards), training {t['train']:.1f}s")
+    typer.echo(
+        f"checkpoint {a.out / 'checkpoint'} (adapter id {adapter.id}); report {paths['markdown']}"
     )
 
 

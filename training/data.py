@@ -411,3 +411,54 @@ def make_splits(
                 f"(seed={seed}, val_fraction={val_fraction}, test_fraction={test_fraction})"
             )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Unlabelled queries (distillation): query files and the service's query-log export.
+
+QUERY_TEXT_FIELDS = ("text", "query")
+
+
+def _json_query_texts(path: Path) -> list[str]:
+    texts: list[str] = []
+    for lineno, rec in _json_lines(path):
+        field_name = next((f for f in QUERY_TEXT_FIELDS if f in rec), None)
+        value = rec.get(field_name) if field_name else None
+        if not isinstance(value, str):
+            raise DataError(f"{path}:{lineno}: no string `text` or `query` field")
+        if value.strip():
+            texts.append(value.strip())
+    return texts
+
+
+def read_query_log(path: Path) -> list[str]:
+    """The service's query-log export: JSON lines with at least {"text": ...} (`query` is
+    accepted too); the texts in order, each once. Empty texts are skipped, a record without
+    either field stops with the line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    texts = list(dict.fromkeys(_json_query_texts(path)))
+    if not texts:
+        raise DataError(f"{path}: no query texts")
+    return texts
+
+
+def read_query_texts(path: Path) -> list[str]:
+    """Unlabelled queries: JSON lines with `text` or `query` (a BEIR queries.jsonl fits; the
+    first non-blank line starting with `{` says so), else one plain query per line. The
+    texts in order, each once."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open_text(path) as f:
+        first = next((line for line in f if line.strip()), "")
+    if first.lstrip().startswith("{"):
+        texts = _json_query_texts(path)
+    else:
+        with open_text(path) as f:
+            texts = [line.strip() for line in f if line.strip()]
+    texts = list(dict.fromkeys(texts))
+    if not texts:
+        raise DataError(f"{path}: no query texts")
+    return texts
