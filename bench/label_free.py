@@ -255,7 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--rule-seeds", type=int, nargs="+", default=[0], help="rules part")
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--pulls", type=float, nargs="+", default=list(SWEEP_PULLS))
+    ap.add_argument("--pulls", type=float, nargs="*", default=list(SWEEP_PULLS))
+    ap.add_argument(
+        "--temperatures",
+        nargs="*",
+        default=[f"{t}:{s}" for t, s in SWEEP_TEMPERATURES],
+        help="sweep: t_T:t_S pairs (at the default pull)",
+    )
     ap.add_argument("--kmeans-seed", type=int, default=0)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -404,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "sweep" in args.parts:
         sd = seeds[:1]
         settings = [Setting(pull=p) for p in args.pulls] + [
-            Setting(t_teacher=tt, t_student=ts) for tt, ts in SWEEP_TEMPERATURES
+            Setting(t_teacher=float(tt), t_student=float(ts))
+            for tt, ts in (pair.split(":") for pair in args.temperatures)
         ]
         body = []
         for st in dict.fromkeys(settings):

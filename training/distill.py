@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # Chosen on SciFact by bench/label_free.py (bench/README.md, "Adapters without labels").
 DEFAULT_STEPS = 200
 DEFAULT_LR = 1e-3
-DEFAULT_TEMPERATURE = 0.02  # teacher and student alike
+DEFAULT_TEMPERATURE = 0.05  # teacher and student alike
 DEFAULT_PULL = 0.02
 HOLDOUT = 0.1  # share of the queries kept out of training to report agreement on
 _CHUNK_BYTES = 256 << 20  # candidate vectors per chunk of queries (float32)
