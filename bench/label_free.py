@@ -60,8 +60,8 @@ from training.pseudo import DEFAULT_RULE, PSEUDO_RULES, PseudoRule, mix_queries,
 log = logging.getLogger("bench.label_free")
 
 TITLE = "Adapters without labels: distilling mpnet's ranking into the hybrid (SciFact)"
-SWEEP_PULLS = (0.0, 0.001, 0.005, 0.02, 0.05)
-SWEEP_TEMPERATURES = ((0.01, 0.01), (0.05, 0.05), (0.02, 0.05))  # (t_T, t_S); 0.02/0.02 above
+SWEEP_PULLS = (0.0, 0.001, 0.005, 0.02, 0.05, 0.1, 0.2, 0.3, 1.0)
+SWEEP_TEMPERATURES = ((0.01, 0.01), (0.02, 0.02), (0.02, 0.05), (0.1, 0.1))  # (t_T, t_S)
 
 
 class Scorer:

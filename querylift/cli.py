@@ -397,7 +397,7 @@ def train(
         typer.Option(
             help="L2 pull toward the starting weights (the hybrid's identity, the ridge fit "
             "under `both`), not zero; default: the kind's (hybrid 0.02, others 0); distill: "
-            "its pull toward the document model (default 0.02)"
+            "its pull toward the document model (default 0.2)"
         ),
     ] = None,
     hidden: int = 2048,
@@ -447,10 +447,10 @@ def train(
         int | None, typer.Option(min=0, help="distill: full-batch AdamW steps (200).")
     ] = None,
     teacher_temperature: Annotated[
-        float | None, typer.Option(min=0.0, help="distill: t_T (0.02).")
+        float | None, typer.Option(min=0.0, help="distill: t_T (0.05).")
     ] = None,
     student_temperature: Annotated[
-        float | None, typer.Option(min=0.0, help="distill: t_S (0.02).")
+        float | None, typer.Option(min=0.0, help="distill: t_S (0.05).")
     ] = None,
     candidates: Annotated[
         int | None,

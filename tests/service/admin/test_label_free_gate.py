@@ -104,12 +104,14 @@ def query_encoder(query_encoder: Encoder, document_encoder: Encoder) -> Encoder:
 @pytest.fixture(scope="module")
 def own(query_encoder: Encoder, document_encoder: Encoder) -> DistillOutcome:
     """Distilled on the tenant's own corpus and training queries (never the held-out ones)."""
-    return distill_adapter(query_encoder, document_encoder, DOCS, TRAIN, seed=0)
+    return distill_adapter(query_encoder, document_encoder, DOCS, TRAIN, seed=0, pull=0.02)
 
 
 @pytest.fixture(scope="module")
 def other(query_encoder: Encoder, document_encoder: Encoder) -> DistillOutcome:
-    return distill_adapter(query_encoder, document_encoder, OTHER_DOCS, OTHER_QUERIES, seed=0)
+    return distill_adapter(
+        query_encoder, document_encoder, OTHER_DOCS, OTHER_QUERIES, seed=0, pull=0.02
+    )
 
 
 @pytest.fixture
@@ -252,7 +254,7 @@ def test_the_held_out_share_of_the_query_log_gates_an_adapter_distilled_on_the_r
 
     train, held = export("train"), export("holdout")
     assert sorted(train + held) == sorted(QUERIES) and not set(train) & set(held)
-    outcome = distill_adapter(query_encoder, document_encoder, DOCS, train, seed=0)
+    outcome = distill_adapter(query_encoder, document_encoder, DOCS, train, seed=0, pull=0.02)
 
     details = refused(
         activate(client, upload(client, make_linear(query_encoder, document_encoder, 5)))
