@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,53 +89,70 @@ def _invalid(message: str, details: Any = None) -> APIError:
     return APIError(422, "invalid_validation_set", message, details)
 
 
-def _records(body: bytes) -> list[tuple[int, Any]]:
-    """(position, record) from a JSON list (or {"pairs": [...]}) or from JSON lines."""
+def read_records(
+    body: bytes,
+    *,
+    what: str,
+    items: str,
+    wrapper: str,
+    invalid: Callable[..., APIError],
+    max_bytes: int,
+    max_queries: int,
+) -> tuple[list[tuple[int, Any]], bool]:
+    """The records of an uploaded set (validation pairs, unlabelled queries): a JSON list (or
+    `{wrapper: [...]}`) or JSON lines, within the size and count caps. Returns ((position,
+    record), whether it was a list); a problem names its line."""
+    if len(body) > max_bytes:
+        raise APIError(
+            413, "payload_too_large", f"{what} is over {max_bytes} bytes", {"max_bytes": max_bytes}
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise _invalid("the validation set is not UTF-8") from None
+        raise invalid(f"{what} is not UTF-8") from None
     try:
         whole = json.loads(text)
     except json.JSONDecodeError:
         whole = None  # JSON lines (or broken JSON: the line loop below names the line)
-    if isinstance(whole, dict) and set(whole) == {"pairs"}:
-        whole = whole["pairs"]
+    if isinstance(whole, dict) and set(whole) == {wrapper}:
+        whole = whole[wrapper]
+    records: list[tuple[int, Any]] = []
     if isinstance(whole, list):
-        return list(enumerate(whole, 1))
-    if text.lstrip().startswith("["):
-        raise _invalid("invalid JSON: expected a list of pairs or JSON lines")
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise _invalid(f"line {lineno}: invalid JSON ({e.msg})", {"line": lineno}) from None
-    return out
-
-
-def parse_validation(body: bytes, max_queries: int, max_chars: int) -> list[ValidationPair]:
-    """Validate an uploaded set: every problem names its line (or list position)."""
-    if len(body) > MAX_VALIDATION_BYTES:
-        raise APIError(
-            413,
-            "payload_too_large",
-            f"the validation set is over {MAX_VALIDATION_BYTES} bytes",
-            {"max_bytes": MAX_VALIDATION_BYTES},
-        )
-    records = _records(body)
+        records = list(enumerate(whole, 1))
+    elif text.lstrip().startswith("["):
+        raise invalid(f"invalid JSON: expected a list of {items} or JSON lines")
+    else:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise invalid(f"line {lineno}: invalid JSON ({e.msg})", {"line": lineno}) from None
     if not records:
-        raise _invalid("the validation set is empty")
+        raise invalid(f"{what} is empty")
     if len(records) > max_queries:
         raise APIError(
             413,
             "too_many_queries",
-            f"the validation set has {len(records)} queries; the limit is {max_queries} "
-            "(QUERYLIFT_GATE_MAX_QUERIES)",
+            f"{what} has {len(records)} queries; the limit is "
+            f"{max_queries} (QUERYLIFT_GATE_MAX_QUERIES)",
             {"queries": len(records), "max_queries": max_queries},
         )
+    return records, isinstance(whole, list)
+
+
+def parse_validation(body: bytes, max_queries: int, max_chars: int) -> list[ValidationPair]:
+    """Validate an uploaded set: every problem names its line (or list position)."""
+    records, _ = read_records(
+        body,
+        what="the validation set",
+        items="pairs",
+        wrapper="pairs",
+        invalid=_invalid,
+        max_bytes=MAX_VALIDATION_BYTES,
+        max_queries=max_queries,
+    )
     pairs: list[ValidationPair] = []
     try:
         for pair in parse_pairs(records):

@@ -45,6 +45,7 @@ from service.admin.gate import (
     LabelFreeInfo,
     QuerySet,
     System,
+    read_records,
     served_vectors,
 )
 from service.bindings.tenants import Tenant
@@ -77,56 +78,20 @@ def _text_of(record: Any, where: str) -> str:
     return record
 
 
-def _records(body: bytes) -> list[tuple[str, Any]]:
-    """(where, record) from a JSON list (or {"queries": [...]}) or JSON lines (a query-log
-    export is one)."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _invalid("the query set is not UTF-8") from None
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        whole = None
-    if isinstance(whole, dict) and set(whole) == {"queries"}:
-        whole = whole["queries"]
-    if isinstance(whole, list):
-        return [(f"item {i}", r) for i, r in enumerate(whole, 1)]
-    if text.lstrip().startswith("["):
-        raise _invalid("invalid JSON: expected a list of queries or JSON lines")
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"line {lineno}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise _invalid(f"line {lineno}: invalid JSON ({e.msg})", {"line": lineno}) from None
-    return out
-
-
 def parse_queries(body: bytes, max_queries: int, max_chars: int) -> tuple[list[str], int]:
     """Validate an uploaded query set: (distinct queries in order, duplicates dropped)."""
-    if len(body) > MAX_QUERY_SET_BYTES:
-        raise APIError(
-            413,
-            "payload_too_large",
-            f"the query set is over {MAX_QUERY_SET_BYTES} bytes",
-            {"max_bytes": MAX_QUERY_SET_BYTES},
-        )
-    records = _records(body)
-    if not records:
-        raise _invalid("the query set is empty")
-    if len(records) > max_queries:
-        raise APIError(
-            413,
-            "too_many_queries",
-            f"the query set has {len(records)} queries; the limit is {max_queries} "
-            "(QUERYLIFT_GATE_MAX_QUERIES)",
-            {"queries": len(records), "max_queries": max_queries},
-        )
+    records, from_list = read_records(
+        body,
+        what="the query set",
+        items="queries",
+        wrapper="queries",
+        invalid=_invalid,
+        max_bytes=MAX_QUERY_SET_BYTES,
+        max_queries=max_queries,
+    )
     seen: dict[str, None] = {}
-    for where, record in records:
+    for position, record in records:
+        where = f"{'item' if from_list else 'line'} {position}"
         text = _text_of(record, where)
         if not text.strip():
             raise _invalid(f"{where}: the query is empty", {"where": where})
