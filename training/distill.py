@@ -40,7 +40,7 @@ from training.cache import EmbeddingCache
 from training.data import Document
 from training.modules import build_module, export_tensors, manifest_params
 from training.pseudo import DEFAULT_RULE, MAX_WORDS, PseudoRule, pseudo_queries
-from training.trainer import _reg_term
+from training.trainer import pull_term
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def distill_adapter(
         last = step == steps  # the final pass only measures
         with torch.set_grad_enabled(not last):
             kl = batch.kl(module, student_temperature, backward=not last)
-            reg = _reg_term(module, start) if pull else torch.zeros(())
+            reg = pull_term(module, start) if pull else torch.zeros(())
             if pull and not last:
                 (pull * reg).backward()
         history.append({"step": step, "kl": kl, "pull": float(reg.detach()) * pull})

@@ -106,7 +106,7 @@ def _embed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(module(x), dim=-1)
 
 
-def _reg_term(module: nn.Module, start: dict[str, torch.Tensor]) -> torch.Tensor:
+def pull_term(module: nn.Module, start: dict[str, torch.Tensor]) -> torch.Tensor:
     """Squared distance of the trainable weights from `start`: an adapter that starts somewhere
     good (the document model itself) keeps most of it off the training domain."""
     return sum(((p - start[n]) ** 2).sum() for n, p in module.named_parameters() if p.requires_grad)
@@ -259,7 +259,7 @@ def train_labels(
             else:
                 loss = _mined_loss(z, d, qi, pj, negs[idx], pos_mask, cfg.temperature)
             if cfg.reg:
-                loss = loss + cfg.reg * _reg_term(module, start)
+                loss = loss + cfg.reg * pull_term(module, start)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

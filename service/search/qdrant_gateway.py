@@ -10,10 +10,11 @@ are cached), so the service recovers by itself when Qdrant does.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -247,6 +248,30 @@ class QdrantGateway:
 
     def upsert(self, name: str, points: list[models.PointStruct]) -> None:
         self._call("upsert", lambda: self.client.upsert(name, points=points, wait=True))
+
+    def scroll(
+        self, name: str, flt: models.Filter | None = None, *, page: int = 1024
+    ) -> Iterator[models.Record]:
+        """Every point of `name` matching `flt`, with its payload and without its vector, a
+        page per call: offline readers (distillation reads a corpus back) walk a collection
+        through the same error mapping and metrics as the request path."""
+        offset: models.ExtendedPointId | None = None
+        while True:
+            points, offset = self._call(
+                "scroll",
+                functools.partial(
+                    self.client.scroll,
+                    name,
+                    scroll_filter=flt,
+                    limit=page,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=False,
+                ),
+            )
+            yield from points
+            if offset is None:
+                return
 
     def count(self, name: str, flt: models.Filter | None = None) -> int:
         res = self._call("count", lambda: self.client.count(name, count_filter=flt, exact=True))
