@@ -22,7 +22,7 @@ adapters_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     help="Manage adapters of a running service: list, upload, activate, rollback, show, "
-    "validation sets.",
+    "validation sets, query sets and query logs (the label-free gate's and distillation's data).",
 )
 
 UrlOpt = Annotated[
@@ -82,8 +82,9 @@ class Admin:
     actor: str | None
     timeout: float
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One admin request; prints the error and exits 1 on anything but a 2xx answer."""
+    def call(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+        """One admin request; prints the error and exits 1 on anything but a 2xx answer.
+        The answer's JSON, or its bytes where `raw` (an export in JSON lines)."""
         import httpx
 
         if not self.token:
@@ -104,6 +105,8 @@ class Admin:
         except httpx.HTTPError as e:
             raise _fail(f"cannot reach {self.url}: {type(e).__name__}: {e}") from None
         if r.is_success:
+            if raw:
+                return r.content
             return r.json() if r.content else None
         try:
             err = r.json()["error"]
@@ -270,6 +273,82 @@ def clear_validation(
     """Remove a tenant's validation set (activations are then not gated)."""
     admin.call("DELETE", f"/admin/tenants/{_q(tenant)}/validation")
     return {"tenant": tenant, "validation": None}
+
+
+QueriesArg = Annotated[
+    Path,
+    typer.Argument(
+        help='Unlabelled queries: one a line, or JSON lines with "text" or "query" (a BEIR '
+        "queries.jsonl, an export-log file).",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
+@_admin_command("set-queries", timeout_s=120.0, audited=True)
+def set_queries(
+    admin: Admin, tenant: Annotated[str, typer.Argument(help="Tenant name.")], queries: QueriesArg
+) -> Any:
+    """Store a tenant's unlabelled query set: the label-free gate's data.
+
+    With no validation set, activations are then gated on agreement with the query model's
+    ranking of the index's candidates."""
+    from training.data import DataError, read_query_texts
+
+    try:
+        texts = read_query_texts(queries)
+    except DataError as e:
+        raise _fail(str(e), 2) from None
+    return admin.call("PUT", f"/admin/tenants/{_q(tenant)}/queries", json=texts)
+
+
+@_admin_command("get-queries", timeout_s=30.0)
+def get_queries(admin: Admin, tenant: Annotated[str, typer.Argument(help="Tenant name.")]) -> Any:
+    """A tenant's query set (summary and texts)."""
+    return admin.call("GET", f"/admin/tenants/{_q(tenant)}/queries")
+
+
+@_admin_command("clear-queries", timeout_s=30.0, audited=True)
+def clear_queries(admin: Admin, tenant: Annotated[str, typer.Argument(help="Tenant name.")]) -> Any:
+    """Remove a tenant's query set."""
+    admin.call("DELETE", f"/admin/tenants/{_q(tenant)}/queries")
+    return {"tenant": tenant, "queries": None}
+
+
+@_admin_command("export-log", timeout_s=120.0, audited=True)
+def export_log(
+    admin: Admin,
+    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+    out: Annotated[
+        Path, typer.Option(help="File to write (JSON lines; replaced whole, never half-written).")
+    ],
+    split: Annotated[
+        str,
+        typer.Option(
+            help="`train`: without the texts the label-free gate holds out (what to distil "
+            "on); `holdout`: only those; `all`."
+        ),
+    ] = "all",
+) -> Any:
+    """Export a tenant's query log to a file (stored user text: audited).
+
+    The file is what `querylift train --mode distill --queries-from FILE` reads."""
+    from adapters.fsutil import atomic_write_bytes
+
+    if split not in ("train", "holdout", "all"):
+        raise _fail(f"--split {split!r}: one of train, holdout, all", 2)
+    body: bytes = admin.call(
+        "GET", f"/admin/tenants/{_q(tenant)}/query-log", params={"split": split}, raw=True
+    )
+    atomic_write_bytes(out, body)
+    return {"tenant": tenant, "split": split, "entries": body.count(b"\n"), "out": str(out)}
+
+
+@_admin_command("clear-log", timeout_s=120.0, audited=True)
+def clear_log(admin: Admin, tenant: Annotated[str, typer.Argument(help="Tenant name.")]) -> Any:
+    """Erase a tenant's query log on every replica."""
+    return admin.call("DELETE", f"/admin/tenants/{_q(tenant)}/query-log")
 
 
 @_admin_command(timeout_s=120.0, audited=True)

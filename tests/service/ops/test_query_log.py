@@ -393,3 +393,70 @@ def test_keys_map_to_the_only_tenant_whose_log_gets_the_text(start):
     assert r.status_code == 200, r.text
     assert texts(client, "acme") == ["acme's text"]
     assert texts(client, "globex") == []
+
+
+# -- the command line --------------------------------------------------------------------------
+def test_cli_exports_the_log_stores_it_as_the_query_set_and_clears_both(
+    make_app: Callable[..., FastAPI], admin_settings: Settings, tmp_path: Path, audit_lines
+):
+    """`querylift adapters export-log / set-queries / get-queries / clear-queries / clear-log`
+    against a live service: the exported file is what `train --queries-from` and `set-queries`
+    read, and one tenant's export holds none of another's text."""
+    from typer.testing import CliRunner
+
+    from querylift.cli import app as cli
+    from tests.conftest import ADMIN
+    from training.data import read_query_log
+
+    path = write_tenants(tmp_path / "tenants.json", rows(acme=True, globex=True))
+    runner = CliRunner()
+    out = tmp_path / "exports" / "acme.jsonl"
+    with (
+        serve(make_app(admin_settings, tenants_file=path)) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
+
+        def run(*args: str, code: int = 0) -> Any:
+            result = runner.invoke(cli, ["adapters", *args, "--url", url, "--token", ADMIN])
+            assert result.exit_code == code, (args, result.output)
+            return json.loads(result.stdout) if code == 0 else result.stderr
+
+        for tenant, words in (
+            ("acme", ["malaria mosquito", "vitamin infection"]),
+            ("globex", ["heart blood"]),
+        ):
+            for text in words:
+                r = http.post("/search", json={"query": text}, headers=auth(tenant))
+                assert r.status_code == 200, r.text
+
+        exported = run("export-log", "acme", "--out", str(out))
+        assert exported == {"tenant": "acme", "split": "all", "entries": 2, "out": str(out)}
+        assert read_query_log(out) == ["malaria mosquito", "vitamin infection"]
+        assert not [p for p in out.parent.iterdir() if p.name != "acme.jsonl"]  # no temp left
+        train = tmp_path / "train.jsonl"
+        held = tmp_path / "held.jsonl"
+        n_train = run("export-log", "acme", "--out", str(train), "--split", "train")["entries"]
+        n_held = run("export-log", "acme", "--out", str(held), "--split", "holdout")["entries"]
+        assert n_train + n_held == 2
+        assert "--split 'some'" in run(
+            "export-log", "acme", "--out", str(out), "--split", "some", code=2
+        )
+
+        stored = run("set-queries", "acme", str(out))
+        assert stored["queries"]["n_queries"] == 2
+        assert run("get-queries", "acme")["texts"] == ["malaria mosquito", "vitamin infection"]
+        run("clear-queries", "acme")
+        assert "query_set_not_found" in run("get-queries", "acme", code=1)
+        empty = tmp_path / "empty.txt"
+        empty.write_text("\n")
+        assert "no query texts" in run("set-queries", "acme", str(empty), code=2)
+
+        assert run("clear-log", "acme") == {"tenant": "acme", "removed": 2}
+        assert run("export-log", "acme", "--out", str(out))["entries"] == 0
+        assert out.read_bytes() == b""
+        assert run("export-log", "globex", "--out", str(out))["entries"] == 1
+        assert read_query_log(out) == ["heart blood"]
+        assert "404 tenant_not_found" in run("export-log", "nobody", "--out", str(out), code=1)
+    actions = [line["action"] for line in audit_lines()]
+    for action in ("export_query_log", "set_queries", "delete_queries", "clear_query_log"):
+        assert action in actions
