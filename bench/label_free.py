@@ -389,23 +389,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         md.append(md_table(header, shift_rows(default, seeds, "halves")))
 
     if "rules" in args.parts:
+        if not halves:
+            halves = b.halves()
+            bases = b.shift_bases(halves)
+            meta["halves"] = {"stats": b.halves_stats, "bases": bases}
         body = []
         for rule in PSEUDO_RULES:
             recs = [b.scifact(f"pseudo:{rule}", sd, default, "rules") for sd in args.rule_seeds]
             vals = [r["ndcg@10"] for r in recs]
-            body.append(
-                [
-                    rule + (" (default)" if rule == DEFAULT_RULE else ""),
-                    _spread(vals),
-                    pts(statistics.fmean(vals) - base),
-                    f"{(statistics.fmean(vals) - base) / margin:.0%}",
+            row = [
+                rule + (" (default)" if rule == DEFAULT_RULE else ""),
+                _spread(vals),
+                pts(statistics.fmean(vals) - base),
+                f"{(statistics.fmean(vals) - base) / margin:.0%}",
+            ]
+            for src, dst in ((halves[0], halves[1]), (halves[1], halves[0])):
+                key = f"{src.name}->{dst.name}"
+                shifted = [
+                    b.shift(src, dst, f"pseudo:{rule}", sd, default, "rules")
+                    for sd in args.rule_seeds
                 ]
-            )
+                din = statistics.fmean(r["in"] for r in shifted) - bases[key]["in"]
+                dout = statistics.fmean(r["out"] for r in shifted) - bases[key]["out"]
+                row.append(f"{pts(din)} / {pts(dout)}")
+            body.append(row)
         md.append(
-            "## Pseudo-query rules (SciFact test, one pseudo-query per document, seeds "
-            f"{args.rule_seeds})\n"
+            "## Pseudo-query rules (one pseudo-query per document; SciFact test and the halves, "
+            f"in / out of domain Δ; seeds {args.rule_seeds})\n"
         )
-        md.append(md_table(["rule (cut to 20 words)", "nDCG@10", "Δ (pts)", "margin"], body))
+        md.append(
+            md_table(
+                [
+                    "rule (cut to 20 words)",
+                    "SciFact nDCG@10",
+                    "Δ (pts)",
+                    "margin",
+                    f"{halves[0].name}→{halves[1].name} in / out",
+                    f"{halves[1].name}→{halves[0].name} in / out",
+                ],
+                body,
+            )
+        )
 
     if "sweep" in args.parts:
         sd = seeds[:1]

@@ -12,6 +12,7 @@ import typer
 from querylift.admin_cli import adapters_app
 from querylift.distill_cli import DistillArgs, train_distill
 from querylift.local_encoders import configured_encoders, started
+from training.pseudo import DEFAULT_RULE
 
 if TYPE_CHECKING:  # annotations only: the CLI imports its heavy modules lazily
     from adapters import Adapter
@@ -419,8 +420,12 @@ def train(
         ),
     ] = "auto",
     pseudo_rule: Annotated[
-        str, typer.Option(help="distill: title | first | last | random (sentence), 20 words.")
-    ] = "title",
+        str,
+        typer.Option(
+            help="distill: which span of each document, cut to 20 words: its last sentence, "
+            "its title (or first sentence), its first or a random sentence."
+        ),
+    ] = DEFAULT_RULE,
     steps: Annotated[
         int | None, typer.Option(min=0, help="distill: full-batch AdamW steps (200).")
     ] = None,

@@ -155,7 +155,7 @@ def test_chunked_candidates_give_the_same_adapter(
 def test_no_queries_means_pseudo_queries_from_the_corpus(query_encoder, document_encoder):
     out = distill_adapter(query_encoder, document_encoder, DOCS, [], steps=5)
     assert out.manifest.training["query_source"] == "pseudo"
-    assert out.manifest.training["pseudo_rule"] == "title"
+    assert out.manifest.training["pseudo_rule"] == "last"
     assert out.stats["counts"]["queries"] == len(DOCS)
     assert out.stats["counts"]["candidate_documents"] == len(DOCS)
 
