@@ -194,6 +194,13 @@ def train_distill(a: DistillArgs) -> None:
     if split == "held_out" and held["document_model"] < 1.0:
         gap = (held["student"] - held["document_model"]) / (1.0 - held["document_model"])
         typer.echo(f"the student closes {gap:.0%} of the gap to the teacher on held-out queries")
+    pull = result.manifest.training["pull"]
+    typer.echo(
+        f"pull toward the document model {pull:g}"
+        + (" (the default)" if a.pull is None else "")
+        + ": a weaker one (--reg) follows the teacher further on queries like these, at a "
+        "measured cost on unlike ones (bench/README.md, Adapters without labels)"
+    )
     t = stats["seconds"]
     typer.echo(f"vectors {t['vectors']:.1f}s (cached afterwards), training {t['train']:.1f}s")
     typer.echo(

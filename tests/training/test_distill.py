@@ -267,6 +267,7 @@ def test_cli_distill_from_a_corpus_file_and_a_query_log(
     )
     assert result.exit_code == 0, result.output
     assert "agreement" in result.output and "held-out" in result.output
+    assert "pull toward the document model 0.2 (the default)" in result.output
     manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
     assert manifest["kind"] == "hybrid" and manifest["training"]["mode"] == "distill"
     assert manifest["training"]["query_source"] == "log"
