@@ -11,7 +11,7 @@ import typer
 
 from querylift.admin_cli import adapters_app
 from querylift.distill_cli import DistillArgs, train_distill
-from querylift.local_encoders import configured_encoders, started
+from querylift.offline import configured_encoders, open_gateway, started
 from training.pseudo import DEFAULT_RULE
 
 if TYPE_CHECKING:  # annotations only: the CLI imports its heavy modules lazily
@@ -71,7 +71,6 @@ def setup(
     from encoders import build_encoder
     from querylift.demo import ensure_demo_adapter, ensure_demo_index
     from service.ops.settings import Settings
-    from service.search.qdrant_gateway import QdrantGateway
     from training.cache import EmbeddingCache
     from training.report import markdown_table
 
@@ -79,9 +78,7 @@ def setup(
     cache = EmbeddingCache(cache_dir)
     q = started(build_encoder(settings.query_encoder))
     d = started(build_encoder(settings.document_encoder))
-    gw = QdrantGateway(
-        url=settings.qdrant_url, path=str(settings.qdrant_path), api_key=settings.qdrant_api_key
-    )
+    gw = open_gateway(settings)
     try:
         t1 = time.perf_counter()
         n = ensure_demo_index(settings, gw, d, cache)
@@ -263,7 +260,6 @@ def index(
     from encoders import build_encoder
     from querylift.indexing import check_prefix, index_documents
     from service.ops.settings import Settings
-    from service.search.qdrant_gateway import QdrantGateway
     from training.data import DataError, read_corpus
 
     if dim is not None and dim <= 0:  # before loading a model
@@ -275,14 +271,13 @@ def index(
     except DataError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    gw = open_gateway(settings)  # first: a held folder fails before a model loads
     encoder = started(build_encoder(settings.document_encoder))
     try:
         check_prefix(dim, encoder.dim)
     except ValueError as e:
+        gw.close()
         raise typer.BadParameter(str(e), param_hint="--dim") from None
-    gw = QdrantGateway(
-        url=settings.qdrant_url, path=str(settings.qdrant_path), api_key=settings.qdrant_api_key
-    )
     t0 = time.perf_counter()
     try:
         report = index_documents(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from querylift.local_encoders import configured_encoders
+from querylift.offline import configured_encoders, open_gateway
 
 if TYPE_CHECKING:
     from training.data import Document
@@ -46,13 +46,11 @@ def collection_documents(name: str, tenant: str | None) -> list[Document]:
     from qdrant_client import models
 
     from service.ops.settings import Settings
-    from service.search.qdrant_gateway import CollectionNotFound, QdrantGateway
+    from service.search.qdrant_gateway import CollectionNotFound
     from training.data import DataError, Document
 
     settings = Settings()
-    gw = QdrantGateway(
-        url=settings.qdrant_url, path=str(settings.qdrant_path), api_key=settings.qdrant_api_key
-    )
+    gw = open_gateway(settings)
     flt = (
         None
         if tenant is None

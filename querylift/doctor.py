@@ -20,7 +20,7 @@ Say = Callable[[str, str], None]
 def run(settings: Settings, say: Say) -> bool:
     """Print every check through `say(status, line)`; True when nothing failed. Besides the
     start-up checks: Qdrant and every tenant's search target, as /readyz inspects them."""
-    from service.search.qdrant_gateway import QdrantUnavailable
+    from service.search.qdrant_gateway import QdrantFolderInUse, QdrantUnavailable
 
     ok = True
     for check in startup_checks(settings):
@@ -40,12 +40,16 @@ def run(settings: Settings, say: Say) -> bool:
         fail(f"qdrant {where}: no embedded Qdrant folder there: {SETUP}, or "
              "`querylift index` your corpus")  # fmt: skip
         return False
-    gateway = QdrantGateway(
-        url=settings.qdrant_url,
-        path=str(settings.qdrant_path),
-        api_key=settings.qdrant_api_key,
-        timeout_s=settings.qdrant_timeout_s,
-    )
+    try:
+        gateway = QdrantGateway(
+            url=settings.qdrant_url,
+            path=str(settings.qdrant_path),
+            api_key=settings.qdrant_api_key,
+            timeout_s=settings.qdrant_timeout_s,
+        )
+    except QdrantFolderInUse as e:
+        fail(f"qdrant {where}: {e}")
+        return False
     try:
         try:
             gateway.ping()

@@ -127,6 +127,34 @@ def check_store(path: Path) -> Check:
     return Check("ok", f"adapter store {path}: {n} adapters")
 
 
+def check_qdrant_folder(path: Path) -> Check | None:
+    """An embedded Qdrant folder another process holds (local mode allows one per folder, by
+    an exclusive lock on its `.lock` file: qdrant-client's own rule, tried and released here).
+    None where there is nothing to check (no folder yet, no lock file, no flock)."""
+    lock = path / ".lock"
+    try:
+        import fcntl
+    except ImportError:  # Windows: the gateway itself still says so at start
+        return None
+    if not lock.is_file():
+        return None
+    try:
+        with open(lock, "r+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return Check(
+                    "FAIL",
+                    f"qdrant {path}: the embedded folder is open in another process (a running "
+                    "`querylift serve`?)",
+                    "stop it, or run Qdrant as a server and set QUERYLIFT_QDRANT_URL",
+                )
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return None  # unreadable: the gateway reports what it finds
+    return None
+
+
 def targets_of(settings: Settings) -> dict[str, SearchTarget]:
     from service.bindings.tenants import Tenant, TenantRegistry
     from service.search.targets import resolve_targets
@@ -140,12 +168,15 @@ def targets_of(settings: Settings) -> dict[str, SearchTarget]:
 
 
 def startup_checks(settings: Settings) -> Iterator[Check]:
-    """The cheap checks (files only): model folders, engine packages, store, tenants file."""
+    """The cheap checks (files only): model folders, engine packages, store, an embedded
+    Qdrant folder another process holds, tenants file."""
     for role, spec in (("query", settings.query_encoder), ("document", settings.document_encoder)):
         yield check_model(role, spec, settings.model_hub)
         if (engine := check_engine(spec)) is not None:
             yield engine
     yield check_store(settings.adapter_store)
+    if settings.qdrant_url is None and (held := check_qdrant_folder(settings.qdrant_path)):
+        yield held
     if settings.tenants_file is not None and not settings.tenants_file.is_file():
         yield Check("FAIL", f"tenants file {settings.tenants_file}: not found",
                     "create it (docs/tenants.md) or unset QUERYLIFT_TENANTS_FILE")  # fmt: skip

@@ -40,6 +40,18 @@ class CollectionNotFound(LookupError):
     pass
 
 
+class QdrantFolderInUse(RuntimeError):
+    """The embedded Qdrant's folder is open in another process: local mode locks it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"the embedded Qdrant folder {path} is open in another process (a running "
+            "`querylift serve`?): stop it, or run Qdrant as a server and set "
+            "QUERYLIFT_QDRANT_URL (local mode allows one process per folder)"
+        )
+        self.path = path
+
+
 class QdrantUnavailable(RuntimeError):
     """Qdrant did not answer usefully; `reason` is the one line /readyz shows."""
 
@@ -138,7 +150,12 @@ class QdrantGateway:
             self._set_http_timeout(timeout_s)
             self.local = False
         else:
-            self.client = QdrantClient(path=path or ":memory:")
+            try:
+                self.client = QdrantClient(path=path or ":memory:")
+            except RuntimeError as e:
+                if "already accessed" in str(e):  # qdrant-client's portalocker lock
+                    raise QdrantFolderInUse(str(path)) from e
+                raise
             self.local = True
         self._lock = threading.Lock()
         self.metrics = metrics

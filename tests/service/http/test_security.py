@@ -246,6 +246,7 @@ def test_serve_configures_the_logs_in_one_place(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(service.ops.shutdown, "DrainingServer", FakeServer)
     monkeypatch.setenv("QUERYLIFT_LOG_FORMAT", "json")
     monkeypatch.setenv("QUERYLIFT_ADAPTER_STORE", str(tmp_path / "adapters"))
+    monkeypatch.setenv("QUERYLIFT_QDRANT_PATH", str(tmp_path / "qdrant"))  # not the checkout's
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     try:

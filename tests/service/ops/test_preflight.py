@@ -129,6 +129,7 @@ def test_store_and_tenants_file_are_checked(tmp_path: Path, model_dirs: dict[str
         document_encoder={"name": "d", "path": str(model_dirs["bert"])},
         adapter_store=tmp_path / "adapters",
         tenants_file=tmp_path / "missing.json",
+        qdrant_path=tmp_path / "qdrant",  # not the checkout's var/qdrant, which a serve may hold
     )
     line = failures_line(list(startup_checks(settings)))
     assert line is not None and "missing.json: not found" in line

@@ -1,5 +1,6 @@
-"""The configured encoders, started in this process, for the commands that run models offline
-(setup, index, train, eval): they wait for a background start before the first text."""
+"""What the commands that work offline (setup, index, train, eval, doctor) share: the
+configured encoders, started in this process (they wait for a background start before the
+first text), and the configured Qdrant, with one clear line when it cannot be opened."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import typer
 
 if TYPE_CHECKING:
     from encoders import Encoder
+    from service.ops.settings import Settings
+    from service.search.qdrant_gateway import QdrantGateway
 
 ENGINE_START_S = 900.0
 
@@ -33,3 +36,21 @@ def configured_encoders(query_encoder: str) -> tuple[Encoder, Encoder]:
     d = started(build_encoder(settings.document_encoder))
     q = d if query_encoder == "document" else started(build_encoder(settings.query_encoder))
     return q, d
+
+
+def open_gateway(settings: Settings, timeout_s: float = 10.0) -> QdrantGateway:
+    """The configured Qdrant (QUERYLIFT_QDRANT_*; offline bulk calls get a longer timeout than
+    the request path's); exit 2 with one line when its embedded folder is held by another
+    process (a running service: local mode locks the folder)."""
+    from service.search.qdrant_gateway import QdrantFolderInUse, QdrantGateway
+
+    try:
+        return QdrantGateway(
+            url=settings.qdrant_url,
+            path=str(settings.qdrant_path),
+            api_key=settings.qdrant_api_key,
+            timeout_s=timeout_s,
+        )
+    except QdrantFolderInUse as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
