@@ -76,9 +76,9 @@ def setup(
 
     settings = Settings()
     cache = EmbeddingCache(cache_dir)
+    gw = open_gateway(settings)  # first: a held folder fails before a model loads
     q = started(build_encoder(settings.query_encoder))
     d = started(build_encoder(settings.document_encoder))
-    gw = open_gateway(settings)
     try:
         t1 = time.perf_counter()
         n = ensure_demo_index(settings, gw, d, cache)
