@@ -42,7 +42,7 @@ from adapters import Manifest
 from adapters.checkpoint import MANIFEST_FILE
 from adapters.store import BindingEvent, TenantBinding
 from service.admin.audit import Action, AuditLog
-from service.admin.label_free import TeacherCache
+from service.admin.teacher_cache import TeacherCache
 from service.bindings.tenants import Tenant
 from service.http.deps import runtime_of
 from service.http.errors import APIError
@@ -75,7 +75,10 @@ def admin_state(settings: Settings, query_log: QueryLog | None = None) -> AdminS
         AuditLog(audit_path(settings)),
         threading.Lock(),
         query_log,
-        TeacherCache(settings.gate_teacher_cache_entries),
+        TeacherCache(
+            settings.gate_teacher_cache_entries,
+            settings.gate_teacher_cache_dir or Path(settings.adapter_store) / "teacher-cache",
+        ),
     )
 
 

@@ -27,9 +27,7 @@ import hashlib
 import json
 import logging
 import random
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -48,6 +46,7 @@ from service.admin.gate import (
     read_records,
     served_vectors,
 )
+from service.admin.teacher_cache import TeacherCache
 from service.bindings.tenants import Tenant
 from service.engine.embedding import ActiveAdapter
 from service.engine.errors import ServiceError
@@ -159,50 +158,6 @@ def unlabelled_queries(
         return None
     texts = list(newest)[:cap]
     return Unlabelled("query_log", texts, len(newest), _sha256(texts))
-
-
-# -- the teacher's vectors, kept across activations ----------------------------------------------
-class TeacherCache:
-    """The query encoder's vectors of candidate documents, kept across activations (LRU by
-    entries, keyed by the encoder's fingerprint and the text's sha256).
-
-    A query's candidates depend on the document model and the collection only, never on the
-    adapter being gated, so the next activation on the same queries (a retrained candidate)
-    embeds almost nothing: the teacher is nearly all of a run's cost.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._data: OrderedDict[tuple[str, bytes], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    @staticmethod
-    def _key(fingerprint: str, text: str) -> tuple[str, bytes]:
-        return fingerprint, hashlib.sha256(text.encode()).digest()
-
-    def get_many(self, fingerprint: str, texts: list[str]) -> list[np.ndarray | None]:
-        out: list[np.ndarray | None] = []
-        with self._lock:
-            for t in texts:
-                key = self._key(fingerprint, t)
-                hit = self._data.get(key)
-                if hit is not None:
-                    self._data.move_to_end(key)
-                out.append(hit)
-        return out
-
-    def put_many(self, fingerprint: str, texts: list[str], vectors: np.ndarray) -> None:
-        if self.max_entries <= 0:
-            return
-        with self._lock:
-            for t, v in zip(texts, vectors, strict=True):
-                self._data[self._key(fingerprint, t)] = v
-                self._data.move_to_end(self._key(fingerprint, t))
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
 
 
 # -- the evaluation ----------------------------------------------------------------------------

@@ -273,10 +273,17 @@ class Settings(BaseSettings):
         default=10_000,
         ge=0,
         description="Label-free quality gate: the query encoder's vectors of candidate "
-        "documents kept in memory across activations (LRU; about query dim x 4 bytes each: "
-        "30 MB embedded, 160 MB for Qwen3 8B); a candidate set depends on the document model "
-        "and the collection only, so the next activation on the same queries embeds almost "
-        "nothing. 0 = off.",
+        "documents kept across activations and restarts (LRU in memory, shards on disk in "
+        "`QUERYLIFT_GATE_TEACHER_CACHE_DIR`; about query dim x 4 bytes each: 30 MB embedded, "
+        "160 MB for Qwen3 8B); a candidate set depends on the document model and the "
+        "collection only, so the next activation on the same queries embeds almost nothing. "
+        "0 = off.",
+    )
+    gate_teacher_cache_dir: Path | None = Field(
+        default=None,
+        description="Folder of the label-free gate's teacher vectors (one subfolder per query "
+        "encoder; vectors of the tenants' documents, no text; share it between replicas); "
+        "unset = `<QUERYLIFT_ADAPTER_STORE>/teacher-cache`.",
     )
     gate_holdout_fraction: float = Field(
         default=0.2,

@@ -329,6 +329,30 @@ def test_the_work_is_capped_and_timed(start, other: DistillOutcome):
     assert 0 < seconds["total"] >= max(v for k, v in seconds.items() if k != "total")
 
 
+def test_a_restarted_service_embeds_no_candidate_twice(
+    start, other: DistillOutcome, admin_settings: Settings
+):
+    """The teacher's document vectors outlive the process: the next service on the same store
+    (a restart, another replica) finds them on disk, and the decision is the same."""
+    first = start()
+    put_queries(first, HELD_OUT)
+    adapter = upload(first, other.checkpoint)
+    before = refused(activate(first, adapter))
+    lf = before["label_free"]
+    # a fresh store: only the query vectors were cached (served moments before), no document
+    assert lf["teacher_cached"] == lf["queries_scored"] < lf["teacher_rows"]
+    first.__exit__(None, None, None)
+    folder = Path(admin_settings.adapter_store) / "teacher-cache"
+    assert list(folder.rglob("*.safetensors"))
+
+    again = refused(activate(start(), adapter))  # the query set and the adapter are stored
+    lf2 = again["label_free"]
+    assert lf2["teacher_rows"] == lf["teacher_rows"]
+    assert lf2["teacher_cached"] == lf2["teacher_rows"]  # every document came from the disk
+    assert lf2["candidate_agreement"] == pytest.approx(lf["candidate_agreement"], abs=1e-6)
+    assert lf2["baseline_agreement"] == pytest.approx(lf["baseline_agreement"], abs=1e-6)
+
+
 def test_the_gate_cannot_run_without_a_collection(start, query_encoder, document_encoder):
     client = start(
         [*docs_tenants(), {"name": "nocoll", "api_keys_sha256": [], "collection": "missing"}]
