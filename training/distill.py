@@ -129,8 +129,10 @@ class _Candidates:
         queries: list[str],
         k: int,
         cache: EmbeddingCache | None,
+        small_weight: float = 0.0,
     ) -> None:
         q, d = query_encoder, document_encoder
+        self.small_weight = small_weight
         self.docs_small = _unit(_encode(cache, d, [doc.text for doc in corpus], "document"))
         self.q_big = _encode(cache, q, queries, "query")
         self.q_small = _encode(cache, d, queries, "query")
@@ -147,6 +149,9 @@ class _Candidates:
         for s in range(0, len(rows), step):
             r = rows[s : s + step]
             out[s : s + step] = teacher_scores(self.q_big[r], self.docs_big[self.local[r]])
+        if self.small_weight:  # a fused teacher: ranks better, teaches less (bench/README.md)
+            small = student_scores(self.q_small[rows], self.docs_small[self.index[rows]])
+            out = (1 - self.small_weight) * out + self.small_weight * small
         return out
 
     def inputs(self, rows: np.ndarray | list[int]) -> np.ndarray:
@@ -208,6 +213,7 @@ def distill_adapter(
     teacher_temperature: float = DEFAULT_TEMPERATURE,
     student_temperature: float = DEFAULT_TEMPERATURE,
     pull: float = DEFAULT_PULL,
+    teacher_small_weight: float = 0.0,
     cache: EmbeddingCache | None = None,
     candidates: int = CANDIDATES,
     lr: float = DEFAULT_LR,
@@ -225,6 +231,8 @@ def distill_adapter(
     `query_source` only labels the manifest ("queries", "log", "mixed"...; default "queries",
     "pseudo" when none were given). `pull` is the L2 pull toward the start (the document
     model itself); `holdout` of the queries is never trained on and reports agreement.
+    `teacher_small_weight` > 0 fuses the document model's cosine into the teacher's (for
+    bench.label_free: a fused teacher ranks better but teaches less; 0 is the rule).
     """
     t0 = time.perf_counter()
     if not corpus:
@@ -236,6 +244,8 @@ def distill_adapter(
     ):
         if not v > 0:
             raise ValueError(f"{label} must be positive, got {v}")
+    if not 0 <= teacher_small_weight < 1:
+        raise ValueError(f"teacher_small_weight must be in [0, 1), got {teacher_small_weight}")
     if steps < 0 or pull < 0 or candidates < 1 or not 0 <= holdout < 1:
         raise ValueError("steps and pull must be >= 0, candidates >= 1, 0 <= holdout < 1")
     q, d = query_encoder, document_encoder
@@ -247,7 +257,7 @@ def distill_adapter(
     enc0 = cache.stats.encode_seconds if cache is not None else 0.0
 
     k = min(candidates, len(corpus))
-    cand = _Candidates(q, d, corpus, texts, k, cache)
+    cand = _Candidates(q, d, corpus, texts, k, cache, teacher_small_weight)
     t_ready = time.perf_counter()
     train_rows, held_rows = split_holdout(len(texts), holdout, seed)
 
@@ -309,7 +319,13 @@ def distill_adapter(
             "mode": "distill",
             "teacher": {
                 "model": q.name,
-                "scores": "query model on both sides, cosine",
+                "scores": "query model on both sides, cosine"
+                + (
+                    f", fused {1 - teacher_small_weight:g}:{teacher_small_weight:g} with the "
+                    "document model's"
+                    if teacher_small_weight
+                    else ""
+                ),
                 "candidates": f"top {k} of the document model's index",
             },
             "teacher_temperature": teacher_temperature,

@@ -103,6 +103,28 @@ def test_kl_to_the_teacher_goes_down(query_encoder, document_encoder, corpus):
     assert agree["student"] > agree["document_model"]
 
 
+def test_a_fused_teacher_is_closer_to_the_document_model_and_is_recorded(
+    query_encoder, document_encoder, corpus
+):
+    """bench.label_free's `teacher` part: a teacher fused with the document model's cosine
+    agrees more with the document model alone (so it leaves the student less to learn)."""
+    texts = _queries(corpus)
+    kw = {"steps": 0, "holdout": 0.0}
+    plain = distill_adapter(query_encoder, document_encoder, corpus, texts, **kw)
+    fused = distill_adapter(
+        query_encoder, document_encoder, corpus, texts, teacher_small_weight=0.5, **kw
+    )
+    doc_alone = [o.stats["agreement"]["train"]["document_model"] for o in (plain, fused)]
+    assert doc_alone[1] > doc_alone[0]
+    assert "fused 0.5:0.5" in fused.manifest.training["teacher"]["scores"]
+    assert "fused" not in plain.manifest.training["teacher"]["scores"]
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="teacher_small_weight"):
+            distill_adapter(
+                query_encoder, document_encoder, corpus, texts, teacher_small_weight=bad
+            )
+
+
 def _small_query_vectors(document_encoder, texts: list[str]) -> np.ndarray:
     v = document_encoder.encode(texts, "query").vectors
     return v / np.linalg.norm(v, axis=1, keepdims=True)
