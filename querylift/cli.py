@@ -390,7 +390,14 @@ def train(
     tenant: Annotated[
         str | None,
         typer.Option(
-            help="distill --collection: only this tenant's points (QUERYLIFT_TENANT_FIELD)."
+            help="distill --collection: only the points whose QUERYLIFT_TENANT_FIELD is this."
+        ),
+    ] = None,
+    for_tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="distill: read the corpus back from this tenant's own search target (the "
+            "tenants file: its collection, scope, vector and text layout, as /search sees it)."
         ),
     ] = None,
     queries: Annotated[
@@ -437,8 +444,8 @@ def train(
 ) -> None:
     """Train an adapter checkpoint the service accepts, and report how it does on test.
 
-    `--mode distill` needs no labels: DATASET (or --collection) is the corpus, the queries
-    come from --queries / --queries-from or are cut from the corpus (--pseudo)."""
+    `--mode distill` needs no labels: DATASET (or --collection, --for-tenant) is the corpus,
+    the queries come from --queries / --queries-from or are cut from the corpus (--pseudo)."""
     from pydantic import ValidationError
 
     from training.cache import EmbeddingCache
@@ -454,6 +461,7 @@ def train(
                 dataset=dataset,
                 collection=collection,
                 tenant=tenant,
+                for_tenant=for_tenant,
                 queries=queries,
                 queries_from=queries_from,
                 pseudo=pseudo,

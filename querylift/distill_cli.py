@@ -13,6 +13,8 @@ import typer
 from querylift.offline import configured_encoders, open_gateway
 
 if TYPE_CHECKING:
+    from service.ops.settings import Settings
+    from service.search.targets import SearchTarget
     from training.data import Document
 
 
@@ -24,6 +26,7 @@ class DistillArgs:
     dataset: Path | None
     collection: str | None
     tenant: str | None
+    for_tenant: str | None
     queries: Path | None
     queries_from: Path | None
     pseudo: str
@@ -40,47 +43,61 @@ class DistillArgs:
     cache: Path
 
 
-def collection_documents(name: str, tenant: str | None) -> list[Document]:
-    """A collection's documents read back from Qdrant (QUERYLIFT_QDRANT_*): the id and text
-    `querylift index` wrote into each payload, only `tenant`'s points when given."""
-    from qdrant_client import models
+def _target(a: DistillArgs, settings: Settings) -> SearchTarget:
+    """Where the corpus is read back from: a tenant's own search target (the tenants file,
+    as /search and the label-free gate resolve it), or a collection named outright."""
+    from service.bindings.tenants import Tenant
+    from service.ops.preflight import targets_of
+    from service.search.targets import resolve_target
+    from training.data import DataError
 
-    from service.ops.settings import Settings
-    from service.search.qdrant_gateway import CollectionNotFound
+    if a.for_tenant is not None:
+        try:
+            targets = targets_of(settings)
+        except (ValueError, OSError) as e:
+            raise DataError(f"tenants file: {e}") from None
+        if a.for_tenant not in targets:
+            known = ", ".join(sorted(targets)) or "none"
+            raise DataError(f"no tenant {a.for_tenant!r} in the tenants file (tenants: {known})")
+        return targets[a.for_tenant]
+    assert a.collection is not None
+    scope = "field" if a.tenant is not None else "collection"
+    raw = Tenant(name="distill", collection=a.collection, tenant_value=a.tenant, scope=scope)
+    return resolve_target(raw, settings)
+
+
+def collection_documents(target: SearchTarget, settings: Settings) -> list[Document]:
+    """The documents of a search target read back from Qdrant (QUERYLIFT_QDRANT_*), in
+    whatever layout the collection has: the text where the target finds it (`text`, LangChain's
+    `page_content`, LlamaIndex's `_node_content`, a tenant's `text_key`), its ids as /search
+    returns them, only the tenant's points in a shared collection."""
+    from service.search.qdrant_gateway import CollectionNotFound, scope_filter
+    from service.search.targets import TEXT_KEYS
     from training.data import DataError, Document
 
-    settings = Settings()
+    name = target.collection
+    drop = {*TEXT_KEYS, *([target.tenant_field] if target.tenant_field else [])}
     gw = open_gateway(settings)
-    flt = (
-        None
-        if tenant is None
-        else models.Filter(
-            must=[
-                models.FieldCondition(
-                    key=settings.tenant_field, match=models.MatchValue(value=tenant)
-                )
-            ]
-        )
-    )
     docs: list[Document] = []
     try:
         gw.collection_info(name)
-        for p in gw.scroll(name, flt):
+        for p in gw.scroll(name, scope_filter(target)):
             payload = dict(p.payload or {})
-            text = payload.pop("text", None)
+            text = target.text(payload)
             if not isinstance(text, str) or not text.strip():
-                raise DataError(f"collection {name!r}: point {p.id} has no `text` payload")
-            doc_id = str(payload.pop("doc_id", p.id))
-            payload.pop(settings.tenant_field, None)
-            docs.append(Document(doc_id, text, payload))
+                raise DataError(
+                    f"collection {name!r}: point {p.id} has no text in its payload (looked for "
+                    f"{target.text_key or ', '.join(TEXT_KEYS)}; set the tenant's `text_key` "
+                    "or QUERYLIFT_TEXT_KEY)"
+                )
+            doc_id = target.doc_id(p.id, payload)
+            docs.append(Document(doc_id, text, {k: v for k, v in payload.items() if k not in drop}))
     except CollectionNotFound:
         raise DataError(f"no collection {name!r} in Qdrant") from None
     finally:
         gw.close()
     if not docs:
-        raise DataError(
-            f"collection {name!r} holds no points" + (f" of tenant {tenant!r}" if tenant else "")
-        )
+        raise DataError(f"no points to read: {target.describe()}")
     return docs
 
 
@@ -89,8 +106,10 @@ def distill_inputs(a: DistillArgs) -> tuple[list[Document], list[str], str, str]
     from training.data import DataError, read_corpus, read_query_log, read_query_texts
     from training.pseudo import PSEUDO_RULES, mix_queries, pseudo_queries
 
-    if (a.dataset is None) == (a.collection is None):
-        raise ValueError("distill reads one corpus: give DATASET or --collection, not both")
+    if sum(x is not None for x in (a.dataset, a.collection, a.for_tenant)) != 1:
+        raise ValueError("distill reads one corpus: give DATASET, --collection or --for-tenant")
+    if a.tenant is not None and a.collection is None:
+        raise ValueError("--tenant goes with --collection (a tenant's own target: --for-tenant)")
     if a.pseudo not in ("auto", "mix", "off"):
         raise ValueError(f"--pseudo {a.pseudo!r}: one of auto, mix, off")
     if a.pseudo_rule not in PSEUDO_RULES:
@@ -99,9 +118,13 @@ def distill_inputs(a: DistillArgs) -> tuple[list[Document], list[str], str, str]
         raise ValueError("distill trains the hybrid kind only (leave --kind out)")
     if a.query_encoder == "document":
         raise ValueError("distill needs the query encoder as the teacher, not `document`")
-    if a.collection is not None:
-        corpus = collection_documents(a.collection, a.tenant)
-        data = f"collection {a.collection}" + (f" (tenant {a.tenant})" if a.tenant else "")
+    if a.dataset is None:
+        from service.ops.settings import Settings
+
+        settings = Settings()
+        target = _target(a, settings)
+        corpus = collection_documents(target, settings)
+        data = (f"tenant {a.for_tenant}: " if a.for_tenant else "") + target.describe()
     else:
         assert a.dataset is not None
         corpus = list(read_corpus(a.dataset))

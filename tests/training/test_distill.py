@@ -331,7 +331,52 @@ def test_cli_distill_reads_a_collection_back_from_qdrant(
     training = json.loads((out / "checkpoint" / "manifest.json").read_text())["training"]
     assert training["query_source"] == "pseudo"
     assert training["counts"]["corpus_documents"] == len(DOCS)  # not globex's document
-    assert "collection docs" in training["data"]["source"]
+    assert training["data"]["source"] == "collection 'docs', unnamed vector, tenant == 'acme'"
+
+
+def test_cli_distill_reads_a_tenants_own_langchain_collection(
+    tmp_path, monkeypatch, query_spec, doc_spec, document_encoder
+):
+    """A collection our code did not create (langchain-qdrant's own layout: `page_content`,
+    uuid point ids), read as the tenant's /search sees it: --for-tenant takes the target from
+    the tenants file; --collection finds the text by the known layouts too."""
+    from tests.conftest import write_tenants
+    from tests.service.search.test_collections import TEXTS, langchain_collection
+
+    _encoder_env(monkeypatch, query_spec, doc_spec)
+    qpath = tmp_path / "qdrant"
+    langchain_collection(qpath, document_encoder, "lc")
+    tenants = write_tenants(
+        tmp_path / "tenants.json",
+        [
+            {
+                "name": "lcapp",
+                "collection": "lc",
+                "scope": "collection",
+                "id_source": "point",
+                "api_keys_sha256": [],
+            }
+        ],
+    )
+    monkeypatch.setenv("QUERYLIFT_QDRANT_PATH", str(qpath))
+    monkeypatch.setenv("QUERYLIFT_TENANTS_FILE", str(tenants))
+    runner = CliRunner()
+    common = ["train", "--mode", "distill", "--steps", "5", "--cache", str(tmp_path / "cache")]
+    result = runner.invoke(cli, [*common, "--for-tenant", "lcapp", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    training = json.loads((tmp_path / "a" / "checkpoint" / "manifest.json").read_text())["training"]
+    assert training["counts"]["corpus_documents"] == len(TEXTS)
+    source = training["data"]["source"]
+    assert source == "tenant lcapp: collection 'lc', unnamed vector, whole collection"
+    raw = runner.invoke(cli, [*common, "--collection", "lc", "--out", str(tmp_path / "b")])
+    assert raw.exit_code == 0, raw.output
+    unknown = runner.invoke(cli, [*common, "--for-tenant", "nobody", "--out", str(tmp_path / "c")])
+    assert unknown.exit_code == 2 and "no tenant 'nobody'" in unknown.output
+    assert "lcapp" in unknown.output
+    both = runner.invoke(
+        cli, [*common, "--for-tenant", "lcapp", "--collection", "lc", "--out", str(tmp_path / "d")]
+    )
+    assert both.exit_code == 2 and "one corpus" in both.output
 
 
 def test_cli_distill_refuses_what_it_cannot_use(tmp_path, monkeypatch, query_spec, doc_spec):
