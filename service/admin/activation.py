@@ -28,6 +28,7 @@ from service.admin.context import (
     AdminDep,
     binding_ref,
     event_json,
+    known_tenant,
     previous_binding,
     served_binding,
     store_write,
@@ -429,7 +430,5 @@ def _tenant_info(runtime: Runtime, tenant: Tenant, query_log: QueryLog | None) -
 @router.get("/tenants/{tenant}")
 async def get_tenant(tenant: str, admin: AdminDep) -> dict[str, Any]:
     """The tenant's active adapter in the store, what this replica serves, and the history."""
-    found = admin.runtime.tenants.tenants.get(tenant)
-    if found is None:
-        raise APIError(404, "tenant_not_found", f"unknown tenant {tenant!r}", {"tenant": tenant})
+    found = known_tenant(admin.runtime, tenant)
     return await to_thread.run_sync(lambda: _tenant_info(admin.runtime, found, admin.query_log))

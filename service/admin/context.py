@@ -196,13 +196,23 @@ def adapter_not_found(adapter_id: str) -> APIError:
     )
 
 
-def tenant_or_404(admin: Admin, name: str, action: Action) -> Tenant:
-    tenant = admin.runtime.tenants.tenants.get(name)
+def known_tenant(runtime: Runtime, name: str) -> Tenant:
+    """The tenant called `name`; 404 `tenant_not_found` (for reads: nothing to audit)."""
+    tenant = runtime.tenants.tenants.get(name)
     if tenant is None:
-        reason = f"unknown tenant {name!r}"
-        admin.record(action, tenant=name[:128], outcome="refused", reasons=[reason])
-        raise APIError(404, "tenant_not_found", reason, {"tenant": name[:128]})
+        raise APIError(
+            404, "tenant_not_found", f"unknown tenant {name[:128]!r}", {"tenant": name[:128]}
+        )
     return tenant
+
+
+def tenant_or_404(admin: Admin, name: str, action: Action) -> Tenant:
+    """`known_tenant` for a change: a refusal is in the audit log too."""
+    try:
+        return known_tenant(admin.runtime, name)
+    except APIError as e:
+        admin.record(action, tenant=name[:128], outcome="refused", reasons=[e.message])
+        raise
 
 
 def too_large(what: str, limit: int) -> APIError:

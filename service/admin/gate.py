@@ -394,36 +394,31 @@ def _rankings(runtime: Runtime, tenant: Tenant, vectors: np.ndarray) -> list[lis
     return ranked
 
 
-def evaluate(
-    runtime: Runtime,
-    tenant: Tenant,
-    validation: ValidationSet,
-    candidate: Adapter,
-    current: Adapter | None,
-) -> GateReport:
-    """Embed, search and score the validation set for the three systems, then decide.
-
-    `current` None: the tenant serves the document model's own vectors (the baseline).
-    """
+def gate_systems(
+    runtime: Runtime, tenant: Tenant, candidate: Adapter, current: Adapter | None, missing: str
+) -> list[System]:
+    """What a gate scores: the document model alone, the candidate and (when another) the
+    current adapter; GateUnavailable, saying `missing`, when the tenant has no collection."""
     collection = runtime.collection_for(tenant)
     try:
         runtime.gateway.collection_info(collection, refresh=True)
     except CollectionNotFound:
-        raise GateUnavailable(
-            f"collection {collection!r} does not exist: nothing to search the validation set in"
-        ) from None
+        raise GateUnavailable(f"collection {collection!r} does not exist: {missing}") from None
     systems = [System("baseline", None), System("candidate", ActiveAdapter(candidate, 0))]
     if current is not None and current.id != candidate.id:
         systems.append(System("current", ActiveAdapter(current, 0)))
-    pairs = validation.pairs
-    vectors = served_vectors(runtime, tenant, systems, [p.query for p in pairs])
-    scores: dict[str, dict[str, float]] = {}
-    for s in systems:
-        ranked = _rankings(runtime, tenant, vectors[s.key])
-        scores[s.key] = {
-            p.id: ndcg_at_k(r, dict.fromkeys(p.positive_ids, 1), GATE_DEPTH)
-            for p, r in zip(pairs, ranked, strict=True)
-        }
+    return systems
+
+
+def decide(
+    runtime: Runtime,
+    scores: dict[str, dict[str, float]],
+    candidate: Adapter,
+    current: Adapter | None,
+    sha256: str,
+) -> GateReport:
+    """The paired-bootstrap decision on per-query scores of each system (both gates'); a
+    re-activated current adapter is its own reference."""
     if current is not None and current.id == candidate.id:
         scores["current"] = scores["candidate"]
     s = runtime.settings
@@ -435,8 +430,34 @@ def evaluate(
         n_resamples=s.gate_resamples,
         candidate_id=candidate.id,
         current_id=current.id if current is not None else None,
-        validation_sha256=validation.sha256,
+        validation_sha256=sha256,
     )
+
+
+def evaluate(
+    runtime: Runtime,
+    tenant: Tenant,
+    validation: ValidationSet,
+    candidate: Adapter,
+    current: Adapter | None,
+) -> GateReport:
+    """Embed, search and score the validation set for the three systems, then decide.
+
+    `current` None: the tenant serves the document model's own vectors (the baseline).
+    """
+    systems = gate_systems(
+        runtime, tenant, candidate, current, "nothing to search the validation set in"
+    )
+    pairs = validation.pairs
+    vectors = served_vectors(runtime, tenant, systems, [p.query for p in pairs])
+    scores: dict[str, dict[str, float]] = {}
+    for s in systems:
+        ranked = _rankings(runtime, tenant, vectors[s.key])
+        scores[s.key] = {
+            p.id: ndcg_at_k(r, dict.fromkeys(p.positive_ids, 1), GATE_DEPTH)
+            for p, r in zip(pairs, ranked, strict=True)
+        }
+    return decide(runtime, scores, candidate, current, validation.sha256)
 
 
 def new_validation_set(

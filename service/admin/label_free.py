@@ -35,25 +35,24 @@ from typing import Any, Literal
 import numpy as np
 
 from adapters import Adapter
-from adapters.gate import Comparison, GateReport, run_gate
+from adapters.gate import Comparison, GateReport
 from adapters.teacher import AGREEMENT_CUTOFF, agreement, student_scores, teacher_scores
 from service.admin.gate import (
     MAX_VALIDATION_BYTES,
     GateUnavailable,
     LabelFreeInfo,
     QuerySet,
-    System,
+    decide,
+    gate_systems,
     read_records,
     served_vectors,
 )
 from service.admin.teacher_cache import TeacherCache
 from service.bindings.tenants import Tenant
-from service.engine.embedding import ActiveAdapter
 from service.engine.errors import ServiceError
 from service.http.errors import APIError
 from service.ops.query_log import QueryLog
 from service.runtime import Runtime
-from service.search.qdrant_gateway import CollectionNotFound
 
 log = logging.getLogger(__name__)
 
@@ -259,16 +258,8 @@ def evaluate(
     s = runtime.settings
     k = s.gate_label_free_candidates
     t0 = time.perf_counter()
+    systems = gate_systems(runtime, tenant, candidate, current, "no candidates to rank")
     collection = runtime.collection_for(tenant)
-    try:
-        runtime.gateway.collection_info(collection, refresh=True)
-    except CollectionNotFound:
-        raise GateUnavailable(
-            f"collection {collection!r} does not exist: no candidates to rank"
-        ) from None
-    systems = [System("baseline", None), System("candidate", ActiveAdapter(candidate, 0))]
-    if current is not None and current.id != candidate.id:
-        systems.append(System("current", ActiveAdapter(current, 0)))
     served = served_vectors(runtime, tenant, systems, queries.texts)
     t1 = time.perf_counter()
     found = [_candidates(runtime, tenant, v, k) for v in served["baseline"]]
@@ -292,18 +283,7 @@ def evaluate(
         for sys in systems:
             student = student_scores(served[sys.key][i][None], c.vectors[None])
             scores[sys.key][f"q{i}"] = float(agreement(student, teacher)[0])
-    if current is not None and current.id == candidate.id:
-        scores["current"] = scores["candidate"]
-    report = run_gate(
-        scores["candidate"],
-        scores["baseline"],
-        scores.get("current"),
-        threshold=s.gate_max_regression,
-        n_resamples=s.gate_resamples,
-        candidate_id=candidate.id,
-        current_id=current.id if current is not None else None,
-        validation_sha256=queries.sha256,
-    )
+    report = decide(runtime, scores, candidate, current, queries.sha256)
     source = "query set" if queries.source == "query_set" else "query log (held out)"
     report = report.model_copy(update={"reasons": _reasons(report, k, len(scored), source)})
     t4 = time.perf_counter()

@@ -11,7 +11,14 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response
 
-from service.admin.context import Admin, AdminDep, store_write, tenant_or_404, too_large
+from service.admin.context import (
+    Admin,
+    AdminDep,
+    known_tenant,
+    store_write,
+    tenant_or_404,
+    too_large,
+)
 from service.admin.gate import gate_files
 from service.admin.label_free import MAX_QUERY_SET_BYTES, new_query_set, parse_queries
 from service.http.errors import APIError
@@ -133,14 +140,7 @@ def _no_queries(tenant: str) -> APIError:
 
 
 def _get_queries(admin: Admin, tenant_name: str) -> dict[str, Any]:
-    found = admin.runtime.tenants.tenants.get(tenant_name)
-    if found is None:
-        raise APIError(
-            404,
-            "tenant_not_found",
-            f"unknown tenant {tenant_name[:128]!r}",
-            {"tenant": tenant_name[:128]},
-        )
+    found = known_tenant(admin.runtime, tenant_name)
     qs = gate_files(admin.runtime).queries(found.name)
     if qs is None:
         raise _no_queries(found.name)

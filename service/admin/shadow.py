@@ -32,7 +32,7 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters import Adapter, CheckpointError
-from service.admin.context import AdminDep
+from service.admin.context import AdminDep, known_tenant
 from service.bindings.tenants import Tenant
 from service.engine.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
 from service.engine.errors import ServiceError
@@ -268,15 +268,6 @@ def shadow_of(app: FastAPI, runtime: Runtime) -> Shadow:
 router = APIRouter(prefix="/admin", tags=["admin", "shadow"])
 
 
-def _tenant(runtime: Runtime, name: str) -> Tenant:
-    tenant = runtime.tenants.tenants.get(name)
-    if tenant is None:
-        raise APIError(
-            404, "tenant_not_found", f"unknown tenant {name[:128]!r}", {"tenant": name[:128]}
-        )
-    return tenant
-
-
 def _candidate(runtime: Runtime, tenant: Tenant, adapter_id: str) -> Adapter:
     """Load (hash, finite values) and check the candidate as an activation would."""
     try:
@@ -316,7 +307,7 @@ async def start_shadow(
     """Start comparing `adapter_id` with the served adapter on live /search queries (409 while
     a run is going for this tenant: stop it first)."""
     runtime = admin.runtime
-    t = _tenant(runtime, tenant)
+    t = known_tenant(runtime, tenant)
     shadow = shadow_of(request.app, runtime)
     current = shadow.runs.get(t.name)
     if current is not None and current.status == "running":
@@ -351,7 +342,7 @@ async def start_shadow(
 @router.get("/tenants/{tenant}/shadow")
 async def shadow_report(tenant: str, request: Request, admin: AdminDep) -> dict[str, Any]:
     """The tenant's current (or last) run: counts and overlap@10 of what was compared so far."""
-    t = _tenant(admin.runtime, tenant)
+    t = known_tenant(admin.runtime, tenant)
     run = shadow_of(request.app, admin.runtime).runs.get(t.name)
     if run is None:
         raise _not_running(t.name)
@@ -362,7 +353,7 @@ async def shadow_report(tenant: str, request: Request, admin: AdminDep) -> dict[
 async def stop_shadow(tenant: str, request: Request, admin: AdminDep) -> dict[str, Any]:
     """Stop sampling (idempotent); comparisons already scheduled finish and count. Answers the
     report, which GET keeps returning until the next run starts."""
-    t = _tenant(admin.runtime, tenant)
+    t = known_tenant(admin.runtime, tenant)
     run = shadow_of(request.app, admin.runtime).runs.get(t.name)
     if run is None:
         raise _not_running(t.name)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from service.admin.context import (
     Admin,
     AdminDep,
+    known_tenant,
     tenant_or_404,
     too_large,
 )
@@ -128,9 +129,7 @@ def _get_validation(runtime: Runtime, tenant: Tenant) -> dict[str, Any]:
 @router.get("/tenants/{tenant}/validation")
 async def get_validation(tenant: str, admin: AdminDep) -> dict[str, Any]:
     """The tenant's validation set and its summary."""
-    found = admin.runtime.tenants.tenants.get(tenant)
-    if found is None:
-        raise APIError(404, "tenant_not_found", f"unknown tenant {tenant!r}", {"tenant": tenant})
+    found = known_tenant(admin.runtime, tenant)
     return await to_thread.run_sync(lambda: _get_validation(admin.runtime, found))
 
 
