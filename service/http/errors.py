@@ -93,18 +93,9 @@ class HTTPAPIError(StarletteHTTPException):
     """An APIError for code that runs where FastAPI only lets HTTPExceptions through as they
     are (e.g. an ASGI `receive` that refuses a body mid-read), answered in the one shape."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        details: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(status, message, headers)
-        self.code = code
-        self.message = message
-        self.details = details
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.status, error.message, error.headers)
+        self.error = error
 
 
 class _ErrorJSON(JSONResponse):
@@ -183,7 +174,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and (why := _json_error(exc.__cause__)):
             return error_response(400, "invalid_json", why)
         if isinstance(exc, HTTPAPIError):
-            return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+            return exc.error.response()
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.http.errors import REQUEST_ID_HEADER, HTTPAPIError, error_response
+from service.http.errors import REQUEST_ID_HEADER, APIError, HTTPAPIError
 from service.http.fastpath import FastPath
 from service.http.limits import declared_length
 from service.http.ratelimit import TokenBucketLimiter
@@ -118,8 +118,8 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
         self.exempt = exempt
 
-    def _too_large(self) -> HTTPAPIError:
-        return HTTPAPIError(
+    def _too_large(self) -> APIError:
+        return APIError(
             413,
             "payload_too_large",
             f"the request body is over {self.max_bytes} bytes (QUERYLIFT_MAX_BODY_BYTES)",
@@ -132,9 +132,8 @@ class BodyLimitMiddleware:
             return
         declared = declared_length(scope.get("headers", ()))
         if declared is not None and declared > self.max_bytes:
-            err = self._too_large()
             # the body is never read: the server closes the connection after the answer
-            response = error_response(err.status_code, err.code, err.message, err.details)
+            response = self._too_large().response()
             response.headers["Connection"] = "close"
             await response(scope, receive, send)
             return
@@ -147,7 +146,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise self._too_large()
+                    raise HTTPAPIError(self._too_large())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -161,9 +160,9 @@ class BodyLimitMiddleware:
         except HTTPAPIError as e:
             # raised by our receive where the app did not turn it into a response itself
             # (FastAPI does: it lets HTTPExceptions through to the error handlers)
-            if started or e.code != "payload_too_large":
+            if started or e.error.code != "payload_too_large":
                 raise
-            response = error_response(e.status_code, e.code, e.message, e.details)
+            response = e.error.response()
             response.headers["Connection"] = "close"
             await response(scope, receive, send)
 
