@@ -9,6 +9,7 @@ Here rather than in the bench that first needed them, so that no bench imports a
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
@@ -42,6 +43,16 @@ from training.data import Dataset, read_corpus, read_queries
 
 KEY = "bench-serve-key"  # the one tenant's API key of `build_setup`
 DEMO = Path(__file__).resolve().parents[1] / "demo" / "scifact-mini"
+
+
+def dataset_args(ap: argparse.ArgumentParser, out: str | None = None) -> None:
+    """The options every offline SciFact bench takes: --data, --models-dir, --cache (and --out,
+    the report's path without suffix, where it writes one)."""
+    ap.add_argument("--data", type=Path, required=True, help="SciFact in BEIR layout")
+    ap.add_argument("--models-dir", type=Path, default=Path("models"))
+    ap.add_argument("--cache", type=Path, default=Path("var/cache"), help="embedding cache")
+    if out is not None:
+        ap.add_argument("--out", type=Path, default=Path(out), help="OUT.json/.md")
 
 
 def free_port() -> int:

@@ -31,7 +31,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,7 @@ import numpy as np
 from adapters import AdapterKind
 from adapters.fsutil import atomic_write_bytes
 from adapters.kinds import forward as adapter_forward
-from bench.common import load_encoder, md_table, pts, spherical_kmeans, split_halves
+from bench.common import dataset_args, load_encoder, md_table, pts, spherical_kmeans, split_halves
 from encoders import Encoder
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.align import sample_texts
@@ -286,10 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.domain_shift", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--data", type=Path, required=True, help="SciFact in BEIR layout")
-    ap.add_argument("--models-dir", type=Path, default=Path("models"))
-    ap.add_argument("--cache", type=Path, default=Path("var/cache"), help="embedding cache")
-    ap.add_argument("--out", type=Path, default=Path("reports/domain_shift"), help="OUT.json/.md")
+    dataset_args(ap, out="reports/domain_shift")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--regs", type=float, nargs="+", default=list(DEFAULT_REGS))
     ap.add_argument("--linear-regs", type=float, nargs="*", default=[0.0, 0.01])

@@ -38,13 +38,20 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from adapters.fsutil import atomic_write_bytes
-from bench.common import Half, load_encoder, md_table, pts, spherical_kmeans, split_halves
+from bench.common import (
+    Half,
+    dataset_args,
+    load_encoder,
+    md_table,
+    pts,
+    spherical_kmeans,
+    split_halves,
+)
 from encoders import Encoder
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.cache import EmbeddingCache
@@ -255,10 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.label_free", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--data", type=Path, required=True, help="SciFact in BEIR layout")
-    ap.add_argument("--models-dir", type=Path, default=Path("models"))
-    ap.add_argument("--cache", type=Path, default=Path("var/cache"), help="embedding cache")
-    ap.add_argument("--out", type=Path, default=Path("reports/label_free"), help="OUT.json/.md")
+    dataset_args(ap, out="reports/label_free")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument(
         "--parts",

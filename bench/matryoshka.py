@@ -24,7 +24,7 @@ import numpy as np
 from adapters import AdapterKind
 from adapters.checkpoint import load_checkpoint
 from adapters.kinds import forward as adapter_forward
-from bench.common import load_encoder
+from bench.common import dataset_args, load_encoder
 from encoders.matryoshka import truncate
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
 from training.cache import EmbeddingCache
@@ -61,10 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.matryoshka", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--data", type=Path, required=True, help="SciFact in BEIR layout")
+    dataset_args(ap)
     ap.add_argument("--dims", type=int, nargs="+", default=[384, 256, 128])
-    ap.add_argument("--models-dir", type=Path, default=Path("models"))
-    ap.add_argument("--cache", type=Path, default=Path("var/cache"), help="embedding cache")
     ap.add_argument("--seed", type=int, default=0, help="training seed (validation split, init)")
     ap.add_argument(
         "--checkpoint",
