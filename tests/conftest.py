@@ -337,6 +337,28 @@ def admin_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def start_admin(
+    make_app: Callable[..., FastAPI], admin_settings: Settings, tmp_path: Path
+) -> Iterator[Callable[..., TestClient]]:
+    """`start(tenant rows=None, **settings)`: a started app with the admin API on, its tenants
+    file of `rows` (default: the KEYS tenants on collection `docs`); closed at the end."""
+    opened: list[TestClient] = []
+
+    def make(rows: list[dict[str, Any]] | None = None, **update: object) -> TestClient:
+        path = write_tenants(tmp_path / f"tenants-{len(opened)}.json", rows or docs_tenants())
+        c = TestClient(
+            make_app(admin_settings, tenants_file=path, **update), raise_server_exceptions=False
+        )
+        c.__enter__()
+        opened.append(c)
+        return c
+
+    yield make
+    for c in reversed(opened):
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
 def audit_lines(admin_settings: Settings) -> Callable[[], list[dict]]:
     """The audit log's records so far."""
 

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from encoders import Encoder, EncodeResult, EncoderSpec, InputKind, Tokenized
@@ -42,7 +41,6 @@ from tests.conftest import (
     index_docs,
     make_hybrid,
     make_linear,
-    write_tenants,
 )
 from tests.tiny_models import WORDS
 from training.data import Document
@@ -116,30 +114,16 @@ def other(query_encoder: Encoder, document_encoder: Encoder) -> DistillOutcome:
 
 @pytest.fixture
 def start(
-    make_app: Callable[..., FastAPI],
-    admin_settings: Settings,
-    gateway: QdrantGateway,
-    document_encoder: Encoder,
-    tmp_path: Path,
-) -> Iterator[Callable[..., TestClient]]:
+    start_admin: Callable[..., TestClient], gateway: QdrantGateway, document_encoder: Encoder
+) -> Callable[..., TestClient]:
     """`start(tenant rows=None, **settings)`: a started app with the admin API on, initech's
     corpus indexed."""
     index_docs(gateway, document_encoder, TENANT, DOCS)
-    opened: list[TestClient] = []
 
     def make(rows: list[dict[str, Any]] | None = None, **update: object) -> TestClient:
-        update.setdefault("gate_resamples", 1000)
-        path = write_tenants(tmp_path / f"tenants-{len(opened)}.json", rows or docs_tenants())
-        c = TestClient(
-            make_app(admin_settings, tenants_file=path, **update), raise_server_exceptions=False
-        )
-        c.__enter__()
-        opened.append(c)
-        return c
+        return start_admin(rows, **{"gate_resamples": 1000, **update})
 
-    yield make
-    for c in reversed(opened):
-        c.__exit__(None, None, None)
+    return make
 
 
 def upload(client: TestClient, ckpt: tuple[bytes, bytes]) -> str:

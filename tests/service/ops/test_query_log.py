@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,24 +42,9 @@ def rows(**logging: bool | None) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def start(
-    make_app: Callable[..., FastAPI], admin_settings: Settings, tmp_path: Path
-) -> Iterator[Callable[..., TestClient]]:
+def start(start_admin: Callable[..., TestClient]) -> Callable[..., TestClient]:
     """`start(tenant rows, **settings)`: a started app with the admin API on."""
-    opened: list[TestClient] = []
-
-    def make(tenant_rows: list[dict[str, Any]] | None = None, **update: object) -> TestClient:
-        path = write_tenants(tmp_path / f"tenants-{len(opened)}.json", tenant_rows or rows())
-        c = TestClient(
-            make_app(admin_settings, tenants_file=path, **update), raise_server_exceptions=False
-        )
-        c.__enter__()
-        opened.append(c)
-        return c
-
-    yield make
-    for c in reversed(opened):
-        c.__exit__(None, None, None)
+    return start_admin
 
 
 def export(client: TestClient, tenant: str, split: str = "all") -> list[dict[str, Any]]:
