@@ -19,7 +19,7 @@ from querylift.cli import app as cli
 from service.app import create_app
 from service.ops.settings import Settings
 from service.search.qdrant_gateway import QdrantGateway
-from tests.conftest import DOCS, index_docs
+from tests.conftest import DOCS, encoder_env, index_docs
 from tests.tiny_models import WORDS
 from training import distill
 from training.cache import EmbeddingCache
@@ -260,18 +260,8 @@ def test_query_log_and_query_files(tmp_path):
 
 
 def _encoder_env(monkeypatch, query_spec, doc_spec) -> None:
-    for prefix, spec in (("QUERY", query_spec), ("DOCUMENT", doc_spec)):
-        for name in (
-            "name",
-            "path",
-            "pooling",
-            "query_template",
-            "default_instruction",
-            "max_tokens",
-        ):
-            monkeypatch.setenv(
-                f"QUERYLIFT_{prefix}_ENCODER__{name.upper()}", str(getattr(spec, name))
-            )
+    for key, value in encoder_env(query_spec, doc_spec).items():
+        monkeypatch.setenv(key, value)
 
 
 def test_cli_distill_from_a_corpus_file_and_a_query_log(

@@ -20,6 +20,7 @@ from querylift.cli import app as cli
 from service.app import create_app
 from service.ops.settings import Settings
 from service.search.qdrant_gateway import QdrantGateway
+from tests.conftest import encoder_env
 from tests.tiny_models import WORDS
 from training.cache import EmbeddingCache
 from training.data import load_beir
@@ -53,18 +54,8 @@ def test_trained_checkpoint_serves_and_reproduces_eval(
     tmp_path, monkeypatch, query_spec, doc_spec, query_encoder, document_encoder, kind, mode
 ):
     data = write_synthetic_beir(tmp_path / "beir")
-    for prefix, spec in (("QUERY", query_spec), ("DOCUMENT", doc_spec)):
-        for field in (
-            "name",
-            "path",
-            "pooling",
-            "query_template",
-            "default_instruction",
-            "max_tokens",
-        ):
-            monkeypatch.setenv(
-                f"QUERYLIFT_{prefix}_ENCODER__{field.upper()}", str(getattr(spec, field))
-            )
+    for key, value in encoder_env(query_spec, doc_spec).items():
+        monkeypatch.setenv(key, value)
     out, cache_dir = tmp_path / "run", tmp_path / "cache"
     result = CliRunner().invoke(
         cli,
