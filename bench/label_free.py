@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     halves: list[Half] = []
     bases: dict[str, dict[str, float]] = {}
-    if "halves" in args.parts or "sweep" in args.parts:
+    if {"halves", "sweep", "rules", "teacher"} & set(args.parts):
         halves = b.halves()
         bases = b.shift_bases(halves)
         meta["halves"] = {"stats": b.halves_stats, "bases": bases}
@@ -413,10 +413,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         md.append(md_table(header, shift_rows(default, seeds, "halves")))
 
     if "rules" in args.parts:
-        if not halves:
-            halves = b.halves()
-            bases = b.shift_bases(halves)
-            meta["halves"] = {"stats": b.halves_stats, "bases": bases}
         body = []
         for rule in PSEUDO_RULES:
             recs = [b.scifact(f"pseudo:{rule}", sd, default, "rules") for sd in args.rule_seeds]
@@ -456,10 +452,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     if "teacher" in args.parts:
-        if not halves:
-            halves = b.halves()
-            bases = b.shift_bases(halves)
-            meta["halves"] = {"stats": b.halves_stats, "bases": bases}
         body = []
         for w in [0.0, *args.teacher_small_weights]:
             st = Setting(small_weight=w)
