@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,9 +30,9 @@ from adapters.checkpoint import (
     publish_checkpoint,
 )
 from adapters.fsutil import commit, discard, stage_bytes
+from adapters.names import is_safe_name
 
 # \Z, not $: "$" also matches before a trailing newline, which would let "acme\n" through.
-_SAFE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 class BindingEvent(BaseModel):
@@ -58,7 +57,7 @@ class AdapterStore:
 
     # -- adapter versions -------------------------------------------------------------------
     def _dir(self, adapter_id: str) -> Path:
-        if not _SAFE_NAME.match(adapter_id):
+        if not is_safe_name(adapter_id):
             raise KeyError(adapter_id)
         return self.root / "adapters" / adapter_id
 
@@ -111,7 +110,7 @@ class AdapterStore:
 
     # -- tenant bindings ----------------------------------------------------------------------
     def _binding_path(self, tenant: str) -> Path:
-        if not _SAFE_NAME.match(tenant):
+        if not is_safe_name(tenant):
             raise ValueError(f"invalid tenant name {tenant!r}")
         return self.root / "tenants" / f"{tenant}.json"
 

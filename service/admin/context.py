@@ -40,6 +40,7 @@ from fastapi import Depends, Request
 
 from adapters import Manifest
 from adapters.checkpoint import MANIFEST_FILE
+from adapters.names import is_safe_name
 from adapters.store import BindingEvent, TenantBinding
 from service.admin.audit import Action, AuditLog
 from service.admin.teacher_cache import TeacherCache
@@ -53,7 +54,6 @@ from service.runtime import Runtime
 log = logging.getLogger(__name__)
 
 _MAX_ACTOR_CHARS = 128
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 def audit_path(settings: Settings) -> Path:
@@ -165,7 +165,7 @@ def served_binding(runtime: Runtime, tenant: str) -> dict[str, Any] | None:
 
 
 def valid_name(name: str) -> bool:
-    return 0 < len(name) <= 128 and name[0].isalnum() and set(name) <= _NAME_CHARS
+    return is_safe_name(name)
 
 
 def adapter_exists(runtime: Runtime, adapter_id: str) -> bool:

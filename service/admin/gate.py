@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters import Adapter
 from adapters.fsutil import atomic_write_bytes
 from adapters.gate import GateReport, ndcg_at_k, run_gate
+from adapters.names import is_safe_name
 from adapters.pairs import PairError, parse_pairs
 from service.bindings.tenants import Tenant
 from service.engine.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 MAX_VALIDATION_BYTES = 16 << 20
 GATE_DEPTH = 10  # nDCG@10: the ranks the gate looks at
 _CHUNK = 128  # validation queries per embed call (bounds memory, keeps encoder batches sane)
-_SAFE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 class GateUnavailable(Exception):
@@ -252,7 +251,7 @@ class GateFiles:
 
     @staticmethod
     def _name(name: str) -> str:
-        if not _SAFE_NAME.match(name):
+        if not is_safe_name(name):
             raise KeyError(name)
         return name
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from adapters.names import SAFE_NAME_PATTERN
+
 log = logging.getLogger(__name__)
 
 
@@ -21,7 +23,7 @@ def hash_key(key: str) -> str:
 class Tenant(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    name: str = Field(pattern=rf"^{SAFE_NAME_PATTERN}$")
     api_keys_sha256: tuple[str, ...] = Field(default=(), description="sha256 hex of each key")
     collection: str | None = Field(default=None, description="defaults to settings.collection")
     tenant_value: str | None = Field(default=None, description="payload value; defaults to name")

@@ -43,6 +43,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.fsutil import atomic_write_bytes, fsync_dir
+from adapters.names import is_safe_name, safe_name
 from service.ops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ SUFFIX = ".jsonl"
 CLEARED = ".cleared"
 MAINTAIN_EVERY_S = 60.0  # retention sweep: expired entries leave the disk within about this
 _SLACK = 0.25  # a replica's file may hold this share above max_entries before it is compacted
-_SAFE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 class QueryLogEntry(BaseModel):
@@ -70,13 +70,6 @@ def held_out(text: str, fraction: float) -> bool:
     the same side in every export and on every replica."""
     h = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
     return h < fraction * 2**64
-
-
-def safe_name(name: str) -> str:
-    """A tenant (or replica) name usable as one path component; ValueError otherwise."""
-    if not _SAFE_NAME.match(name):
-        raise ValueError(f"not a safe name for a file: {name[:128]!r}")
-    return name
 
 
 def replica_name() -> str:
@@ -268,7 +261,7 @@ class QueryLog:
         horizon = self.clock() - self.max_age_s
         with self._io:
             for folder in sorted(self.root.iterdir()):
-                if not folder.is_dir() or not _SAFE_NAME.match(folder.name):
+                if not folder.is_dir() or not is_safe_name(folder.name):
                     continue
                 tenant = folder.name
                 for path in folder.glob(f"*{SUFFIX}"):

@@ -190,6 +190,12 @@ class Settings(BaseSettings):
     dev_tenant: str = Field(
         default="default", description="Tenant name (and tenant value) in development mode."
     )
+    allow_unauthenticated_network: bool = Field(
+        default=False,
+        description="Let `querylift serve` run development mode (no tenants file: no "
+        "authentication, every request is the dev tenant) on an address other than loopback. "
+        "Off: such a start exits 1 with the fix. Only for a network you trust completely.",
+    )
     adapter_store: Path = Field(
         default=Path("var/adapters"),
         description="Adapter store folder (a shared volume in production).",
@@ -404,6 +410,20 @@ class Settings(BaseSettings):
         description="Raw (pre-adapter) query vectors kept in an LRU cache, keyed by encoder "
         "fingerprint + prompt-formatted text; 0 disables it. About (query dim + document dim) "
         "x 4 bytes an entry (4.6 KB embedded, 20 KB for Qwen3 8B + 0.6B).",
+    )
+    background_batch_tokens: int = Field(
+        default=256,
+        gt=0,
+        description="Most tokens in one background chunk (quality gates, label-free gate, "
+        "shadow, warm-up): admin work runs on the batcher's worker only while no live request "
+        "waits, one chunk at a time, so a live request waits at most one chunk behind it "
+        "(a longer single text is its own chunk).",
+    )
+    readiness_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long `/readyz` reuses one inspection of the tenants' search targets "
+        "in Qdrant; refreshed in the background, so the probe rate never becomes Qdrant load.",
     )
     encoder_fallback: bool = Field(
         default=False,
