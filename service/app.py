@@ -17,11 +17,11 @@ from adapters.store import AdapterStore
 from encoders import Encoder, build_encoder
 from service.admin import activation, adapters, queries, validation_sets
 from service.admin.context import admin_state
-from service.admin.shadow import Shadow
 from service.admin.shadow import router as shadow_router
 from service.bindings.tenants import TenantRegistry
 from service.engine.batcher import Batcher
 from service.engine.warmup import WarmUp, run_warm_up
+from service.evaluation.shadow import Shadow
 from service.http.errors import install_error_handlers
 from service.http.health import router as health_router
 from service.http.info import package_version

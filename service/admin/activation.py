@@ -34,19 +34,13 @@ from service.admin.context import (
     store_write,
     tenant_or_404,
 )
-from service.admin.gate import (
-    GateRecord,
-    GateUnavailable,
-    LabelFreeInfo,
-    ValidationSet,
-    gate_files,
-    new_validation_set,
-    parse_validation,
-)
-from service.admin.gate import evaluate as evaluate_gate
-from service.admin.label_free import evaluate as evaluate_label_free
-from service.admin.label_free import unlabelled_queries
 from service.bindings.tenants import Tenant
+from service.evaluation.errors import GateUnavailable
+from service.evaluation.gate import evaluate as evaluate_gate
+from service.evaluation.label_free import evaluate as evaluate_label_free
+from service.evaluation.label_free import unlabelled_queries
+from service.evaluation.records import GateRecord, LabelFreeInfo, gate_files
+from service.evaluation.sets import ValidationSet, new_validation_set, parse_validation
 from service.http.errors import APIError
 from service.ops.query_log import QueryLog
 from service.runtime import Runtime
@@ -193,7 +187,7 @@ def _evaluate(
     """The labelled gate when there is a validation set (it takes precedence), else the
     label-free one when there are unlabelled queries (query set, query log); None: neither."""
     runtime = admin.runtime
-    files = gate_files(runtime)
+    files = gate_files(runtime.store.root)
     validation = ask.validation or files.validation(tenant.name)
     if validation is not None:
         current = _current(runtime, tenant, previous)
@@ -298,7 +292,7 @@ def _record(
 def _save_record(runtime: Runtime, record: GateRecord) -> None:
     """Keep a gate run; a failed write is logged (the audit line has the numbers too)."""
     try:
-        gate_files(runtime).save_gate(record)
+        gate_files(runtime.store.root).save_gate(record)
     except OSError:
         log.exception("cannot write the gate record of %s / %s", record.tenant, record.adapter_id)
 
@@ -406,7 +400,7 @@ async def rollback_adapter(tenant: str, admin: AdminDep) -> dict[str, Any]:
 
 def _tenant_info(runtime: Runtime, tenant: Tenant, query_log: QueryLog | None) -> dict[str, Any]:
     binding = runtime.store.binding(tenant.name)
-    files = gate_files(runtime)
+    files = gate_files(runtime.store.root)
     validation = files.validation(tenant.name)
     queries = files.queries(tenant.name)
     gates = files.gates_for_tenant(tenant.name)

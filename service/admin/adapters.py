@@ -24,9 +24,7 @@ from service.admin.context import (
     store_write,
     too_large,
 )
-from service.admin.gate import (
-    gate_files,
-)
+from service.evaluation.records import gate_files
 from service.http.errors import APIError
 from service.http.limits import capped, check_declared, declared_length
 from service.ops.settings import Settings
@@ -196,7 +194,7 @@ def _get(runtime: Runtime, adapter_id: str) -> dict[str, Any]:
         raise APIError(
             409, "adapter_damaged", f"adapter {adapter_id!r}: manifest unreadable ({e})"
         ) from None
-    gates = gate_files(runtime).gates_for_adapter(adapter_id)
+    gates = gate_files(runtime.store.root).gates_for_adapter(adapter_id)
     return {
         "id": adapter_id,
         "manifest": manifest.model_dump(mode="json"),
@@ -239,7 +237,7 @@ def _delete(admin: Admin, adapter_id: str) -> None:
         except ValueError:  # bound by another replica's admin call meanwhile
             raise in_use(runtime.store.bound().get(adapter_id, [])) from None
         runtime.adapters.discard(adapter_id)
-        gate_files(runtime).drop_adapter(adapter_id)
+        gate_files(runtime.store.root).drop_adapter(adapter_id)
         admin.record("delete", adapter_id=adapter_id, before={"adapter_id": adapter_id})
     log.info("admin %s deleted adapter %s", admin.actor, adapter_id)
 

@@ -12,12 +12,12 @@ collection holds (`Runtime.validate_for_tenant`). A refused activation answers 4
 reason and changes nothing. An accepted one is written to the store (which other replicas
 poll) and applied to this replica at once by `Runtime.sync` (a pointer swap).
 
-The quality gate (service/admin/gate.py, adapters/gate.py): when the tenant has a validation set
-(`PUT /admin/tenants/{tenant}/validation`, or one inline in the activation body), activation
-also scores the candidate, the current adapter and the document model alone on it and refuses
-(422 `quality_gate_failed`, the numbers in `details.gate`) a candidate that is materially and
-significantly worse than either. Without a validation set, the label-free gate
-(service/admin/label_free.py) applies the same rule to agreement with the query encoder on
+The quality gate (service/evaluation/gate.py, adapters/gate.py): when the tenant has a
+validation set (`PUT /admin/tenants/{tenant}/validation`, or one inline in the activation
+body), activation also scores the candidate, the current adapter and the document model alone
+on it and refuses (422 `quality_gate_failed`, the numbers in `details.gate`) a candidate that
+is materially and significantly worse than either. Without a validation set, the label-free gate
+(service/evaluation/label_free.py) applies the same rule to agreement with the query encoder on
 unlabelled queries (an uploaded query set, or the held-out share of the tenant's query log).
 `force=true` activates anyway and says so in the audit log.
 Rollback is not gated: it is the way back, and it restores a version that was accepted before.
@@ -43,8 +43,8 @@ from adapters.checkpoint import MANIFEST_FILE
 from adapters.names import is_safe_name
 from adapters.store import BindingEvent, TenantBinding
 from service.admin.audit import Action, AuditLog
-from service.admin.teacher_cache import TeacherCache
 from service.bindings.tenants import Tenant
+from service.evaluation.teacher_cache import TeacherCache
 from service.http.deps import runtime_of
 from service.http.errors import APIError
 from service.ops.query_log import QueryLog

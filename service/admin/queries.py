@@ -19,8 +19,9 @@ from service.admin.context import (
     tenant_or_404,
     too_large,
 )
-from service.admin.gate import gate_files
-from service.admin.label_free import MAX_QUERY_SET_BYTES, new_query_set, parse_queries
+from service.evaluation.errors import EvaluationError
+from service.evaluation.records import gate_files
+from service.evaluation.sets import MAX_QUERY_SET_BYTES, new_query_set, parse_queries
 from service.http.errors import APIError
 from service.http.limits import read_capped
 from service.ops.query_log import QueryLog, Split
@@ -97,12 +98,12 @@ async def clear_query_log(tenant: str, admin: AdminDep) -> dict[str, Any]:
 def _set_queries(admin: Admin, tenant_name: str, body: bytes) -> dict[str, Any]:
     tenant = tenant_or_404(admin, tenant_name, "set_queries")
     settings = admin.runtime.settings
-    files = gate_files(admin.runtime)
+    files = gate_files(admin.runtime.store.root)
     before = files.queries(tenant.name)
     prior = before.summary() if before is not None else None
     try:
         texts, duplicates = parse_queries(body, settings.gate_max_queries, settings.max_input_chars)
-    except APIError as e:
+    except EvaluationError as e:
         admin.record(
             "set_queries",
             tenant=tenant.name,
@@ -141,7 +142,7 @@ def _no_queries(tenant: str) -> APIError:
 
 def _get_queries(admin: Admin, tenant_name: str) -> dict[str, Any]:
     found = known_tenant(admin.runtime, tenant_name)
-    qs = gate_files(admin.runtime).queries(found.name)
+    qs = gate_files(admin.runtime.store.root).queries(found.name)
     if qs is None:
         raise _no_queries(found.name)
     return {"tenant": found.name, "queries": qs.summary(), "texts": qs.queries}
@@ -155,7 +156,7 @@ async def get_queries(tenant: str, admin: AdminDep) -> dict[str, Any]:
 
 def _delete_queries(admin: Admin, tenant_name: str) -> None:
     tenant = tenant_or_404(admin, tenant_name, "delete_queries")
-    files = gate_files(admin.runtime)
+    files = gate_files(admin.runtime.store.root)
     before = files.queries(tenant.name)
     if before is None or not files.delete_queries(tenant.name):
         reason = f"tenant {tenant.name!r} has no query set"

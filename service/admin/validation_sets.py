@@ -15,14 +15,12 @@ from service.admin.context import (
     tenant_or_404,
     too_large,
 )
-from service.admin.gate import (
-    MAX_VALIDATION_BYTES,
-    gate_files,
-    known_ids,
-    new_validation_set,
-    parse_validation,
-)
 from service.bindings.tenants import Tenant
+from service.engine.errors import ServiceError
+from service.evaluation.errors import EvaluationError
+from service.evaluation.gate import known_ids
+from service.evaluation.records import gate_files
+from service.evaluation.sets import MAX_VALIDATION_BYTES, new_validation_set, parse_validation
 from service.http.errors import APIError
 from service.http.limits import read_capped
 from service.runtime import Runtime
@@ -44,10 +42,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _set_validation(admin: Admin, tenant_name: str, body: bytes) -> dict[str, Any]:
     tenant = tenant_or_404(admin, tenant_name, "set_validation")
     runtime = admin.runtime
-    files = gate_files(runtime)
+    files = gate_files(runtime.store.root)
     before = files.validation(tenant.name)
 
-    def refused(e: APIError) -> APIError:
+    def refused(e: ServiceError) -> ServiceError:
         admin.record(
             "set_validation",
             tenant=tenant.name,
@@ -62,7 +60,7 @@ def _set_validation(admin: Admin, tenant_name: str, body: bytes) -> dict[str, An
         pairs = parse_validation(
             body, runtime.settings.gate_max_queries, runtime.settings.max_input_chars
         )
-    except APIError as e:
+    except EvaluationError as e:
         raise refused(e) from None
     total = len({d for p in pairs for d in p.positive_ids})
     found = known_ids(runtime, tenant, pairs)
@@ -116,7 +114,7 @@ def _no_validation(tenant: str) -> APIError:
 
 
 def _get_validation(runtime: Runtime, tenant: Tenant) -> dict[str, Any]:
-    vs = gate_files(runtime).validation(tenant.name)
+    vs = gate_files(runtime.store.root).validation(tenant.name)
     if vs is None:
         raise _no_validation(tenant.name)
     return {
@@ -135,7 +133,7 @@ async def get_validation(tenant: str, admin: AdminDep) -> dict[str, Any]:
 
 def _delete_validation(admin: Admin, tenant_name: str) -> None:
     tenant = tenant_or_404(admin, tenant_name, "delete_validation")
-    files = gate_files(admin.runtime)
+    files = gate_files(admin.runtime.store.root)
     before = files.validation(tenant.name)
     if before is None or not files.delete_validation(tenant.name):
         reason = f"tenant {tenant.name!r} has no validation set"

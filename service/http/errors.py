@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.engine import errors
 from service.engine.errors import ServiceError
+from service.evaluation import errors as evaluation
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ STATUS: dict[str, int] = {
     errors.COLLECTION_DIM_MISMATCH: 409,
     errors.SEARCH_TARGET_INVALID: 409,
     errors.INVALID_FILTER: 422,
+    evaluation.INVALID_VALIDATION_SET: 422,
+    evaluation.INVALID_QUERY_SET: 422,
+    evaluation.SET_TOO_LARGE: 413,
+    evaluation.TOO_MANY_QUERIES: 413,
 }
 
 

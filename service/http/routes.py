@@ -368,7 +368,9 @@ async def search_response(
     shadow = getattr(request.app.state, "shadow", None)
     # the shadow compares first pages: a later page or a cut-off list is not one
     if shadow is not None and body.offset == 0 and body.score_threshold is None:
-        shadow.observe(runtime, tenant, body, client_filter, out, hits)  # service/admin/shadow.py
+        shadow.observe(  # service/evaluation/shadow.py
+            runtime, tenant, body.query, body.instruction, body.top_k, client_filter, out, hits
+        )
     result = SearchResponse(
         results=[
             SearchResult(id=h.id, score=h.score, payload=h.payload, vector=h.vector) for h in hits

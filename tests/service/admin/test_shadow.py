@@ -1,4 +1,4 @@
-"""Shadow evaluation (service/admin/shadow.py): overlap@10 of a candidate adapter on live /search
+"""Shadow evaluation (service/evaluation/shadow.py): overlap@10 of a candidate adapter on live /search
 traffic, measured in the background without changing any answer."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pydantic import SecretStr
 from adapters import ModelInfo
 from adapters.store import AdapterStore
 from encoders import Encoder
-from service.admin import shadow as shadow_module
-from service.admin.shadow import overlap_at, rank_biased_overlap
+from service.evaluation import shadow as shadow_module
+from service.evaluation.shadow import overlap_at, rank_biased_overlap
 from service.search.qdrant_gateway import QdrantGateway
 from tests.conftest import ADMIN, admin_headers, assert_error, auth, index_docs, make_linear
 from tests.tiny_models import WORDS

@@ -23,98 +23,31 @@ with it less than the document model does (such a tenant needs a validation set)
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from adapters import Adapter
 from adapters.gate import Comparison, GateReport
 from adapters.teacher import AGREEMENT_CUTOFF, agreement, student_scores, teacher_scores
-from service.admin.gate import (
-    MAX_VALIDATION_BYTES,
-    GateUnavailable,
-    LabelFreeInfo,
-    QuerySet,
-    decide,
-    gate_systems,
-    read_records,
-    served_vectors,
-)
-from service.admin.teacher_cache import TeacherCache
 from service.bindings.tenants import Tenant
 from service.engine.errors import ServiceError
-from service.http.errors import APIError
+from service.evaluation.errors import GateUnavailable
+from service.evaluation.gate import decide, gate_systems, served_vectors
+from service.evaluation.records import LabelFreeInfo
+from service.evaluation.sets import QuerySet, query_sha256
+from service.evaluation.teacher_cache import TeacherCache
 from service.ops.query_log import QueryLog
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_SET_BYTES = MAX_VALIDATION_BYTES
 _CHUNK = 128  # rows per encoder call (bounds memory; the encoder batches inside)
 _SAMPLE_SEED = 0  # a query set above the cap is sampled with this seed: same set, same queries
-
-
-# -- unlabelled query sets ---------------------------------------------------------------------
-def _invalid(message: str, details: Any = None) -> APIError:
-    return APIError(422, "invalid_query_set", message, details)
-
-
-def _text_of(record: Any, where: str) -> str:
-    if isinstance(record, dict):
-        record = record.get("text")
-    if not isinstance(record, str):
-        raise _invalid(
-            f'{where}: expected a string or an object with a "text" string', {"where": where}
-        )
-    return record
-
-
-def parse_queries(body: bytes, max_queries: int, max_chars: int) -> tuple[list[str], int]:
-    """Validate an uploaded query set: (distinct queries in order, duplicates dropped)."""
-    records, from_list = read_records(
-        body,
-        what="the query set",
-        items="queries",
-        wrapper="queries",
-        invalid=_invalid,
-        max_bytes=MAX_QUERY_SET_BYTES,
-        max_queries=max_queries,
-    )
-    seen: dict[str, None] = {}
-    for position, record in records:
-        where = f"{'item' if from_list else 'line'} {position}"
-        text = _text_of(record, where)
-        if not text.strip():
-            raise _invalid(f"{where}: the query is empty", {"where": where})
-        if len(text) > max_chars:
-            raise _invalid(
-                f"{where}: the query has {len(text)} characters; the limit is {max_chars} "
-                "(QUERYLIFT_MAX_INPUT_CHARS)",
-                {"where": where},
-            )
-        seen.setdefault(text, None)
-    return list(seen), len(records) - len(seen)
-
-
-def _sha256(texts: list[str]) -> str:
-    return hashlib.sha256("\n".join(json.dumps(t) for t in texts).encode()).hexdigest()
-
-
-def new_query_set(tenant: str, queries: list[str], actor: str | None) -> QuerySet:
-    return QuerySet(
-        tenant=tenant,
-        sha256=_sha256(queries),
-        uploaded_at=datetime.now(UTC).isoformat(),
-        actor=actor,
-        queries=queries,
-    )
 
 
 # -- which queries -----------------------------------------------------------------------------
@@ -141,7 +74,7 @@ def unlabelled_queries(
         if len(texts) > cap:  # a seeded sample, in the set's order: the same set, same queries
             keep = set(random.Random(_SAMPLE_SEED).sample(range(len(texts)), cap))
             texts = [t for i, t in enumerate(texts) if i in keep]
-        return Unlabelled("query_set", texts, len(query_set.queries), _sha256(texts))
+        return Unlabelled("query_set", texts, len(query_set.queries), query_sha256(texts))
     if query_log is None or not query_log.enabled_for(tenant.name):
         return None
     newest: dict[str, None] = {}
@@ -156,7 +89,7 @@ def unlabelled_queries(
         )
         return None
     texts = list(newest)[:cap]
-    return Unlabelled("query_log", texts, len(newest), _sha256(texts))
+    return Unlabelled("query_log", texts, len(newest), query_sha256(texts))
 
 
 # -- the evaluation ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.admin.teacher_cache import TeacherCache
+from service.evaluation.teacher_cache import TeacherCache
 
 FP = "mpnet@abc"
 
@@ -78,7 +78,7 @@ def test_a_foreign_file_is_skipped_with_a_warning(tmp_path: Path, caplog):
 def test_a_full_disk_leaves_the_memory_cache_working(tmp_path: Path, monkeypatch, caplog):
     import errno
 
-    import service.admin.teacher_cache as tc
+    import service.evaluation.teacher_cache as tc
 
     def full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
