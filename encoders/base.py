@@ -1,14 +1,12 @@
 """The encoder protocol and its configuration.
 
 Adapters are trained on one encoder's exact outputs, so everything that changes a vector
-(model, revision, pooling, prompt, max tokens, normalisation) lives in one frozen spec whose
-fingerprint keys caches and is checked against adapter manifests.
+(model, revision, pooling, prompt, max tokens, normalisation) lives in one frozen spec; its
+fingerprint (those fields and a digest of the weights themselves) keys the vector caches.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,19 +108,12 @@ class EncoderSpec(BaseModel):
     )
 
     def fingerprint(self) -> str:
-        """Stable hash of the fields that change vectors (not device, batch size or threads)."""
-        keys = (
-            "name",
-            "revision",
-            "pooling",
-            "query_template",
-            "document_template",
-            "default_instruction",
-            "max_tokens",
-            "normalize",
-        )
-        blob = json.dumps({k: str(getattr(self, k)) for k in keys}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """16 hex digits naming the vectors this spec produces: its vector fields (not device,
+        batch size or threads) and a digest of the weights in `path` (encoders/fingerprint.py).
+        It keys every vector cache, so other weights under the same name miss them all."""
+        from encoders.fingerprint import spec_fingerprint
+
+        return spec_fingerprint(self)
 
 
 @dataclass(frozen=True)
