@@ -1,17 +1,33 @@
 """Operations endpoints: /healthz (the process is up), /readyz (it can serve: encoders loaded
-and warmed, Qdrant and every tenant's search target answer, not shutting down) and /metrics."""
+and warmed, Qdrant and every tenant's search target answer, not shutting down) and /metrics.
+
+/readyz answers a load balancer without authentication, so its open body holds the status and
+each check's state in one word of a fixed set (ok, starting, running, draining, failing,
+unreachable, timeout, error) and the engines' builds: no tenant, collection, tenant value or
+error text. The admin token (`Authorization: Bearer <QUERYLIFT_ADMIN_TOKEN>`, checked by the
+admin API's own `require_admin`) adds the detail: each check's reason in words, the warnings
+that indexing fixes, and how old the search-target snapshot is. Qdrant and the targets come
+from that snapshot (service/search/readiness.py), refreshed off the probe's path at most once
+per QUERYLIFT_READINESS_CACHE_S.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from anyio import to_thread
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.admin.context import require_admin
+from service.http.errors import APIError
 from service.runtime import Runtime
+from service.search.readiness import TargetReadiness
 
 router = APIRouter()
+
+# check -> (state, detail): the state is one word of a fixed set, the detail is for operators
+Checks = dict[str, tuple[str, str]]
 
 
 @router.get("/healthz")
@@ -19,66 +35,91 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def target_readiness(request: Request, runtime: Runtime) -> TargetReadiness:
+    """The app's snapshot cache, one per runtime (a restarted lifespan gets a new one)."""
+    held: TargetReadiness | None = getattr(request.app.state, "readiness", None)
+    if held is None or getattr(request.app.state, "readiness_runtime", None) is not runtime:
+        settings = runtime.settings
+        held = TargetReadiness(
+            runtime.gateway.ping,
+            runtime.inspect_targets,
+            period_s=settings.readiness_cache_s,
+            bound_s=settings.qdrant_timeout_s + 1.0,
+        )
+        request.app.state.readiness = held
+        request.app.state.readiness_runtime = runtime
+    return held
+
+
+def is_admin(request: Request) -> bool:
+    """Whether the probe carries the admin token; anything else gets the open body (a probe
+    never fails on its credentials)."""
+    if "authorization" not in request.headers or request.app.state.runtime is None:
+        return False
+    try:
+        require_admin(request)
+    except APIError:
+        return False
+    return True
+
+
+def encoder_check(runtime: Runtime) -> tuple[str, str]:
+    encoders = (runtime.query_encoder, runtime.document_encoder)
+    down = [e for e in encoders if not e.ready]
+    if not down:
+        return "ok", "ok"
+    why = "; ".join(e.name + (f" ({e.error})" if e.error else " (starting)") for e in down)
+    return ("failing" if any(e.error for e in down) else "starting"), "not ready: " + why
+
+
+def warmup_check(status: str) -> tuple[str, str]:
+    return (status if status in ("ok", "running") else "failing"), status
+
+
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """200 when encoders are loaded, Qdrant answers and the process is not shutting down.
-
-    The Qdrant ping is bounded (the Qdrant timeout plus a second) even if the client hangs:
-    a probe must answer within its own deadline.
-    """
-    import anyio
-    from fastapi.responses import JSONResponse
-
-    from service.search.qdrant_gateway import QdrantUnavailable
-
+    """200 when encoders are loaded, Qdrant answers, every search target can serve and the
+    process is not shutting down; else 503. The open body names check states only."""
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    checks: dict[str, str] = {}
+    checks: Checks = {}
     engines: dict[str, str] = {}
     warnings: list[str] = []
+    age: float | None = None
     drain = getattr(request.app.state, "drain", None)
     if drain is not None and drain.active:
-        checks["shutdown"] = "in progress: not taking new requests"
+        checks["shutdown"] = ("draining", "in progress: not taking new requests")
     if runtime is None:
-        checks["encoders"] = "loading"
+        checks["encoders"] = ("starting", "loading")
     else:
-        encoders = {"query": runtime.query_encoder, "document": runtime.document_encoder}
-        engines = {role: e.engine for role, e in encoders.items()}
-        not_ready = [
-            e.name + (f" ({why})" if (why := e.error) else " (starting)")
-            for e in encoders.values()
-            if not e.ready
-        ]
-        checks["encoders"] = "ok" if not not_ready else "not ready: " + "; ".join(not_ready)
+        engines = {
+            "query": runtime.query_encoder.engine,
+            "document": runtime.document_encoder.engine,
+        }
+        checks["encoders"] = encoder_check(runtime)
         warm = getattr(request.app.state, "warmup", None)
         if warm is not None:
-            checks["warmup"] = warm.status
-        bound_s = runtime.settings.qdrant_timeout_s + 1.0
-        try:
-            with anyio.fail_after(bound_s):
-                await to_thread.run_sync(runtime.gateway.ping, abandon_on_cancel=True)
-            checks["qdrant"] = "ok"
-            # every tenant's search target, bounded as a whole like the ping
-            with anyio.fail_after(bound_s * 2):
-                found = await to_thread.run_sync(runtime.inspect_targets, abandon_on_cancel=True)
-            bad = [f.line() for f in found if not f.ok]
-            checks["search_targets"] = "ok" if not bad else " | ".join(bad)
-            warnings.extend(f.line() for f in found if f.ok and f.warnings)
-        except QdrantUnavailable as e:
-            checks["qdrant"] = e.reason
-        except TimeoutError:
-            checks["qdrant"] = f"timeout: no answer within {bound_s:g} s"
-        except Exception as e:
-            checks["qdrant"] = f"error: {type(e).__name__}"
-    ready = all(v == "ok" for v in checks.values())
-    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+            checks["warmup"] = warmup_check(warm.status)
+        cache = target_readiness(request, runtime)
+        snap = await cache.snapshot()
+        age = cache.age(snap)
+        checks["qdrant"] = (snap.qdrant_state, snap.qdrant)
+        if snap.qdrant_ok:
+            bad = [f.line() for f in snap.found if not f.ok]
+            checks["search_targets"] = ("failing", " | ".join(bad)) if bad else ("ok", "ok")
+            warnings = [f.line() for f in snap.found if f.ok and f.warnings]
+    ready = all(state == "ok" for state, _ in checks.values())
+    detail = is_admin(request)
+    body: dict[str, Any] = {
+        "status": "ready" if ready else "not_ready",
+        "checks": {name: (why if detail else state) for name, (state, why) in checks.items()},
+    }
     if engines:
         body["engines"] = engines
-    if warnings:  # states that indexing fixes: reported, not a reason to leave rotation
+    if detail and warnings:  # states that indexing fixes: reported, not a reason to leave rotation
         body["warnings"] = warnings
-    return JSONResponse(
-        body,
-        status_code=200 if ready else 503,
-    )
+    if detail and age is not None:
+        body["snapshot_age_s"] = round(age, 3)
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")
