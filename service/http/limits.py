@@ -1,15 +1,37 @@
 """Request-body size limits, one rule for every reader: refuse on the declared length before
 reading, and count while reading, so a body that lies about its length is cut off too.
 
-Used by the body-limit middleware (QUERYLIFT_MAX_BODY_BYTES for every route but the upload),
-the fast path, the adapter upload (its own caps) and the validation-set upload.
+Used by the body-limit middleware (QUERYLIFT_MAX_BODY_BYTES, or a route's own limit), the fast
+path, the adapter upload (its own caps) and the validation and query-set uploads.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 
 TooLarge = Callable[[], Exception]
+
+
+@dataclass(frozen=True)
+class RouteLimit:
+    """A route whose body limit is not QUERYLIFT_MAX_BODY_BYTES: `max_bytes`, or None where
+    the route caps what it reads itself (the adapter upload). `what` is named in the 413."""
+
+    method: str
+    path: re.Pattern[str]
+    max_bytes: int | None
+    what: str
+
+    @classmethod
+    def of(cls, method: str, template: str, max_bytes: int | None, what: str) -> RouteLimit:
+        """`template` as the route declares it: `{name}` matches one path segment."""
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        return cls(method, re.compile(pattern), max_bytes, what)
+
+    def matches(self, method: str, path: str) -> bool:
+        return method == self.method and self.path.fullmatch(path) is not None
 
 
 def declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids, access log and request metrics; request body limit.
+"""Pure ASGI middleware: request ids, access log and request metrics; request body limits.
 
 Pure ASGI rather than `@app.middleware("http")` (BaseHTTPMiddleware): no extra task and
 stream per request, and `receive` stays the server's own, so disconnects are still seen.
@@ -10,15 +10,16 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Container
+from collections.abc import Sequence
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.evaluation.sets import MAX_QUERY_SET_BYTES, MAX_VALIDATION_BYTES
 from service.http.errors import REQUEST_ID_HEADER, APIError, HTTPAPIError
 from service.http.fastpath import FastPath
-from service.http.limits import declared_length
+from service.http.limits import RouteLimit, declared_length
 from service.http.ratelimit import TokenBucketLimiter
 from service.ops import logs
 from service.ops.metrics import Metrics
@@ -108,32 +109,45 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over `max_bytes` with `413 payload_too_large`: at once on a
+    """Refuses request bodies over the limit with `413 payload_too_large`: at once on a
     declared Content-Length, else while the body streams in (chunked or lying about its
-    length), before the app has it all. Paths in `exempt` (the admin upload, which has its own
-    caps) pass through untouched."""
+    length), before the app has it all. The limit is `max_bytes` (QUERYLIFT_MAX_BODY_BYTES)
+    except on the `routes` that have their own (ROUTE_LIMITS: the uploads of the admin API);
+    one with no limit here (the adapter upload, which caps each part) passes through."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt: Container[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, routes: Sequence[RouteLimit] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.exempt = exempt
+        self.routes = tuple(routes)
 
-    def _too_large(self) -> APIError:
+    def _limit(self, scope: Scope) -> tuple[int | None, str]:
+        method, path = scope.get("method", ""), scope.get("path", "")
+        for route in self.routes:
+            if route.matches(method, path):
+                return route.max_bytes, route.what
+        return self.max_bytes, "QUERYLIFT_MAX_BODY_BYTES"
+
+    @staticmethod
+    def _too_large(limit: int, what: str) -> APIError:
         return APIError(
             413,
             "payload_too_large",
-            f"the request body is over {self.max_bytes} bytes (QUERYLIFT_MAX_BODY_BYTES)",
-            {"max_bytes": self.max_bytes},
+            f"the request body is over {limit} bytes ({what})",
+            {"max_bytes": limit},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.exempt:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, what = self._limit(scope)
+        if limit is None:
             await self.app(scope, receive, send)
             return
         declared = declared_length(scope.get("headers", ()))
-        if declared is not None and declared > self.max_bytes:
+        if declared is not None and declared > limit:
             # the body is never read: the server closes the connection after the answer
-            response = self._too_large().response()
+            response = self._too_large(limit, what).response()
             response.headers["Connection"] = "close"
             await response(scope, receive, send)
             return
@@ -145,8 +159,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPAPIError(self._too_large())
+                if received > limit:
+                    raise HTTPAPIError(self._too_large(limit, what))
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -167,8 +181,16 @@ class BodyLimitMiddleware:
             await response(scope, receive, send)
 
 
-# the admin upload streams up to 512 MiB under its own caps (service/admin/adapters.py)
-BODY_LIMIT_EXEMPT = frozenset({"/admin/adapters"})
+# Routes with a body limit of their own, the same the route applies to what it reads (so the
+# documented 16 MiB of a validation or query set is what gets through, not the 8 MiB default)
+ROUTE_LIMITS = (
+    # streams up to 512 MiB under its own per-part caps (service/admin/adapters.py)
+    RouteLimit.of("POST", "/admin/adapters", None, "the adapter upload"),
+    RouteLimit.of(
+        "PUT", "/admin/tenants/{tenant}/validation", MAX_VALIDATION_BYTES, "a validation set"
+    ),
+    RouteLimit.of("PUT", "/admin/tenants/{tenant}/queries", MAX_QUERY_SET_BYTES, "a query set"),
+)
 
 
 def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
@@ -178,9 +200,7 @@ def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> No
     which the auth dependency spends (service/http/ratelimit.py)."""
     app.state.rate_limiter = TokenBucketLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     # add_middleware puts each new layer outside the previous ones
-    app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=BODY_LIMIT_EXEMPT
-    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, routes=ROUTE_LIMITS)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -148,6 +148,39 @@ def test_the_admin_upload_keeps_its_own_caps(
     assert_error(r, 413, "payload_too_large")
 
 
+@pytest.mark.parametrize("route", ["validation", "queries"])
+def test_the_set_uploads_take_the_documented_16_mib(start_admin: Callable[..., TestClient], route):
+    """docs/api.md promises validation and query sets up to 16 MiB; the general body limit is
+    8 MiB. A 10 MiB set gets past it; a 17 MiB one is the documented 413."""
+    c = start_admin()
+    assert c.app.state.settings.max_body_bytes == 8 << 20
+    head = json.dumps(
+        [{"query": "malaria", "positive_ids": ["d1"]}] if route == "validation" else ["malaria"]
+    )
+    ten_mib = (head[:-1] + " " * (10 << 20) + "]").encode()  # JSON whitespace: one entry
+    path = f"/admin/tenants/acme/{route}"
+    r = c.put(path, content=ten_mib, headers=admin_headers())
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()[route]["n_queries"] == 1
+    seventeen = ten_mib[:-1] + b" " * (7 << 20) + b"]"
+    err = assert_error(
+        c.put(path, content=seventeen, headers=admin_headers()), 413, "payload_too_large"
+    )
+    assert err["details"] == {"max_bytes": 16 << 20}
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for start in range(0, len(seventeen), 1 << 20):
+            yield seventeen[start : start + (1 << 20)]
+
+    err = assert_error(
+        c.put(path, content=chunks(), headers=admin_headers()), 413, "payload_too_large"
+    )
+    assert err["details"] == {"max_bytes": 16 << 20}
+    # the other routes keep the general limit
+    r = c.put("/admin/tenants/acme/adapter", content=ten_mib, headers=admin_headers())
+    assert assert_error(r, 413, "payload_too_large")["details"] == {"max_bytes": 8 << 20}
+
+
 def test_default_limit_is_a_few_megabytes():
     assert 1 << 20 <= Settings().max_body_bytes <= 16 << 20
 
