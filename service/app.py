@@ -19,6 +19,7 @@ from service.admin import activation, adapters, queries, validation_sets
 from service.admin.context import admin_state
 from service.admin.shadow import router as shadow_router
 from service.bindings.tenants import TenantRegistry
+from service.engine.background import BackgroundLane
 from service.engine.batcher import Batcher
 from service.engine.warmup import WarmUp, run_warm_up
 from service.evaluation.shadow import Shadow
@@ -107,8 +108,6 @@ def create_app(
         )
         query_log.start()
         app.state.query_log = query_log
-        app.state.admin = admin_state(settings, query_log)
-        app.state.shadow = Shadow(runtime)
         q, d = runtime.query_encoder, runtime.document_encoder
         metrics.build_info.labels(
             package_version(), settings.profile, q.name, str(q.dim), d.name, str(d.dim)
@@ -149,25 +148,27 @@ def create_app(
         )
         app.state.batcher = batcher
         batcher.start()
-        # forward passes before /readyz says ready, on the batcher's own worker thread: torch
-        # keeps an OpenMP team per calling thread, and a warm-up on another thread left a second
-        # team that cost every later request ~2 ms on 2 cores (bench.serve, c=1). Encoders that
-        # are up are warmed here, before the first request; an engine that starts in the
-        # background (vLLM) once it is up, while /readyz says `running`
+        # admin work (gates, shadow, warm-up) reaches the encoders only through this lane:
+        # chunks on the batcher's worker, behind live requests (service/engine/background.py)
+        lane = BackgroundLane(batcher, runtime, settings.background_batch_tokens)
+        app.state.admin = admin_state(settings, query_log, lane)
+        app.state.shadow = Shadow(runtime, lane)
+        # forward passes before /readyz says ready, through the lane (so on the batcher's own
+        # worker thread and OpenMP team). Encoders that are up are warmed here, before the first
+        # request; an engine that starts in the background (vLLM) once it is up, while /readyz
+        # says `running`, behind the requests it already serves
         warm = WarmUp()
         app.state.warmup = warm
         stop_warm = threading.Event()
         if not settings.warmup:
             warm.done.set()
         elif runtime.query_encoder.ready and runtime.document_encoder.ready:
-            await asyncio.wrap_future(
-                batcher.on_worker(lambda: run_warm_up(warm, runtime, stop_warm))
-            )
+            await asyncio.to_thread(run_warm_up, warm, runtime, stop_warm, execute=lane.run)
         else:
             threading.Thread(
                 target=run_warm_up,
                 args=(warm, runtime, stop_warm),
-                kwargs={"execute": lambda fn: batcher.on_worker(fn).result()},
+                kwargs={"execute": lane.run},
                 name="querylift-warmup",
                 daemon=True,
             ).start()

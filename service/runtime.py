@@ -60,6 +60,8 @@ class Runtime(TenantBindings, Encoding, Searching):
         self.adapters = AdapterCache(
             store, settings.adapter_cache_bytes, metrics, pinned=self._pinned_ids
         )
-        self.query_cache = QueryVectorCache(settings.query_cache_size, metrics)
+        self.query_cache = QueryVectorCache(
+            settings.query_cache_size, metrics, tenants=max(1, len(tenants.tenants))
+        )
         self._fingerprints: dict[int, str] = {}
         self.sync(force=True)

@@ -186,17 +186,21 @@ def _evaluate(
 ) -> tuple[GateReport, LabelFreeInfo | None] | None:
     """The labelled gate when there is a validation set (it takes precedence), else the
     label-free one when there are unlabelled queries (query set, query log); None: neither."""
-    runtime = admin.runtime
+    runtime, lane = admin.runtime, admin.lane
+    if lane is None:  # the lifespan builds it with the admin state
+        raise APIError(503, "not_ready", "the service is still starting")
     files = gate_files(runtime.store.root)
     validation = ask.validation or files.validation(tenant.name)
     if validation is not None:
         current = _current(runtime, tenant, previous)
-        return evaluate_gate(runtime, tenant, validation, adapter, current), None
+        return evaluate_gate(runtime, lane, tenant, validation, adapter, current), None
     queries = unlabelled_queries(runtime, tenant, files.queries(tenant.name), admin.query_log)
     if queries is None:
         return None
     current = _current(runtime, tenant, previous)
-    return evaluate_label_free(runtime, tenant, queries, adapter, current, admin.teacher_cache)
+    return evaluate_label_free(
+        runtime, lane, tenant, queries, adapter, current, admin.teacher_cache
+    )
 
 
 def _gate(

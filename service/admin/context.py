@@ -44,6 +44,7 @@ from adapters.names import is_safe_name
 from adapters.store import BindingEvent, TenantBinding
 from service.admin.audit import Action, AuditLog
 from service.bindings.tenants import Tenant
+from service.engine.background import BackgroundLane
 from service.evaluation.teacher_cache import TeacherCache
 from service.http.deps import runtime_of
 from service.http.errors import APIError
@@ -67,9 +68,12 @@ class AdminState:
     lock: threading.Lock  # one admin change at a time in this process: validate, write, swap
     query_log: QueryLog | None = None  # the app's query logs (export, clear, label-free gate)
     teacher_cache: TeacherCache | None = None  # the label-free gate's teacher vectors
+    lane: BackgroundLane | None = None  # the gates' way to the encoders, behind live traffic
 
 
-def admin_state(settings: Settings, query_log: QueryLog | None = None) -> AdminState:
+def admin_state(
+    settings: Settings, query_log: QueryLog | None = None, lane: BackgroundLane | None = None
+) -> AdminState:
     """Built once per app, in its lifespan (service/app.py), like the rest of its state."""
     return AdminState(
         AuditLog(audit_path(settings)),
@@ -79,6 +83,7 @@ def admin_state(settings: Settings, query_log: QueryLog | None = None) -> AdminS
             settings.gate_teacher_cache_entries,
             settings.gate_teacher_cache_dir or Path(settings.adapter_store) / "teacher-cache",
         ),
+        lane,
     )
 
 
@@ -92,6 +97,7 @@ class Admin:
     lock: threading.Lock
     query_log: QueryLog | None = None
     teacher_cache: TeacherCache | None = None
+    lane: BackgroundLane | None = None
 
     def record(self, action: Action, **fields: Any) -> None:
         self.audit.record(actor=self.actor, action=action, **fields)
@@ -135,7 +141,9 @@ def require_admin(request: Request) -> Admin:
     runtime = runtime_of(request)
     state: AdminState = request.app.state.admin
     actor = _actor(request.headers.get("x-querylift-actor"))
-    return Admin(runtime, actor, state.audit, state.lock, state.query_log, state.teacher_cache)
+    return Admin(
+        runtime, actor, state.audit, state.lock, state.query_log, state.teacher_cache, state.lane
+    )
 
 
 AdminDep = Annotated[Admin, Depends(require_admin)]

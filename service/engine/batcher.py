@@ -16,6 +16,12 @@ for the same cores).
 `max_wait_ms` > 0 adds a wait for a fuller batch. A single request larger than a limit is
 batched alone, never split.
 
+Background work (the quality gates, the shadow, the warm-up: service/engine/background.py)
+queues in its own lane: `background(fn)` runs `fn` on the same worker, one small chunk at a
+time, and only when no live request waits and no live batch runs. A live request therefore
+waits behind at most one chunk, and admin work never starts a second OpenMP team or races a
+live batch for the encoder.
+
 Items whose future is already done (the client went away, or its deadline passed) are
 dropped before a batch starts. Backpressure: when `max_queue` texts are already waiting,
 `submit` answers 429 at once. The loop never dies on an exception: that batch's requests get
@@ -55,6 +61,14 @@ class _Pending:
     wait_s: float = field(default=0.0)
 
 
+@dataclass
+class _Job:
+    """One background chunk: a callable for the worker and the future its caller waits on."""
+
+    fn: Callable[[], object]
+    future: Future[object]
+
+
 class Batcher:
     """Queue + one batching task; start() in the lifespan, stop() at the end."""
 
@@ -90,6 +104,8 @@ class Batcher:
         self._workers: set[asyncio.Task[None]] = set()
         self.metrics = metrics
         self._queue: deque[_Pending] = deque()
+        self._background: deque[_Job] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._queued_texts = 0
         self._queued_tokens = 0
         self._wake: asyncio.Event | None = None
@@ -102,6 +118,7 @@ class Batcher:
         if self.running:
             raise RuntimeError("batcher already running")
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="querylift-batch"
         )
@@ -116,23 +133,46 @@ class Batcher:
             await cancel_and_wait(task)
         for worker in list(self._workers):
             await cancel_and_wait(worker)
-        self._fail_queued(
-            ServiceError(
-                "shutting_down",
-                "the service is shutting down",
-                retry_after_s=1,
-            )
-        )
+        err = ServiceError("shutting_down", "the service is shutting down", retry_after_s=1)
+        self._fail_queued(err)
+        while self._background:
+            job = self._background.popleft()
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(err)
+        self.metrics.background_waiting.set(0)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    def on_worker(self, fn: Callable[[], T]) -> Future[T]:
-        """Run `fn` on a batch worker thread (the warm-up: torch's thread pools belong to the
-        thread that calls it, so warming on any other thread warms the wrong one)."""
-        if self._executor is None:
-            raise RuntimeError("batcher not running")
-        return self._executor.submit(fn)
+    def background(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on a batch worker once no live request waits and no live batch runs.
+
+        Callable from any thread. `fn` should be one small chunk of work (BackgroundLane cuts
+        them): a live request that arrives while it runs waits for it. Cancelling the future
+        before it starts skips it."""
+        if self._loop is None or not self.running:
+            raise ServiceError("not_ready", "the service is not accepting work right now")
+        job = _Job(fn, Future())  # type: ignore[arg-type]
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._enqueue_background(job)
+        else:
+            self._loop.call_soon_threadsafe(self._enqueue_background, job)
+        return job.future  # type: ignore[return-value]
+
+    def _enqueue_background(self, job: _Job) -> None:
+        if not self.running or self._wake is None:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(
+                    ServiceError("shutting_down", "the service is shutting down")
+                )
+            return
+        self._background.append(job)
+        self.metrics.background_waiting.set(len(self._background))
+        self._wake.set()
 
     @property
     def running(self) -> bool:
@@ -245,6 +285,12 @@ class Batcher:
                 free.release()
                 log.exception("batcher loop error")
                 continue
+            if isinstance(batch, _Job):
+                try:
+                    await self._execute_background(batch)
+                finally:
+                    free.release()
+                continue
             if not batch:
                 free.release()
                 continue
@@ -260,6 +306,8 @@ class Batcher:
             def done(t: asyncio.Task[None]) -> None:
                 self._workers.discard(t)
                 free.release()
+                if self._wake is not None and self._background:
+                    self._wake.set()  # the last live batch out: background may go now
                 if not t.cancelled() and t.exception() is not None:
                     log.error("batch worker error", exc_info=t.exception())
 
@@ -268,9 +316,14 @@ class Batcher:
     def _full(self) -> bool:
         return self._queued_texts >= self.max_items or self._queued_tokens >= self.max_tokens
 
-    async def _collect(self) -> list[_Pending]:
+    async def _collect(self) -> list[_Pending] | _Job:
+        """The next live batch; a background chunk only when nothing live waits or runs."""
         assert self._wake is not None
         while not self._queue:
+            if self._background and not self._inflight:
+                job = self._background.popleft()
+                self.metrics.background_waiting.set(len(self._background))
+                return job
             self._wake.clear()
             await self._wake.wait()
         deadline = self._queue[0].enqueued + self.max_wait_s
@@ -355,6 +408,26 @@ class Batcher:
                 p.future.set_result(r)
         if elapsed is not None:
             self.cost.observe(tokens, elapsed)
+
+    async def _execute_background(self, job: _Job) -> None:
+        assert self._executor is not None
+        if not job.future.set_running_or_notify_cancel():
+            return  # its caller gave up before it started
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        try:
+            result = await loop.run_in_executor(self._executor, job.fn)
+        except asyncio.CancelledError:
+            job.future.set_exception(
+                ServiceError("shutting_down", "the service is shutting down", retry_after_s=1)
+            )
+            raise
+        except BaseException as e:  # the caller's to judge (it waits on the future)
+            job.future.set_exception(e)
+        else:
+            job.future.set_result(result)
+        finally:
+            self.metrics.background_chunk.observe(time.monotonic() - start)
 
     def _observe(self, batch: list[_Pending], tokens: int) -> None:
         m = self.metrics

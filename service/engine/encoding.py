@@ -3,8 +3,9 @@
 A request is tokenised once at admission (`prepare`), its rows are encoded in batches with
 the rows of other requests (`run_prepared`, on the batcher's worker thread), then each
 tenant's adapter is applied and the vector cut to its collection's size (`finish`). Raw query
-vectors go through an LRU cache keyed by the encoder's fingerprint, so a swap never
-invalidates it. Errors are the engine's own (service/engine/errors.py); the HTTP edge maps them.
+vectors go through an LRU cache keyed by the encoder's fingerprint, so a swap never invalidates
+it, in one partition per tenant, so no tenant sees another's hits. Errors are the engine's own
+(service/engine/errors.py); the HTTP edge maps them.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class Encoding:
         hits: list[tuple[np.ndarray, int] | None] = [None] * n
         if item.kind == "query" and self.query_cache.enabled:
             formatted = encoder.format(item.texts, item.kind, item.instruction)
-            hits = self.query_cache.get_many(self.fingerprint(encoder), encoder.name, formatted)
+            hits = self.query_cache.get_many(
+                item.tenant, self.fingerprint(encoder), encoder.name, formatted
+            )
         miss = [i for i, h in enumerate(hits) if h is None]
         counts = [0] * n
         texts = [""] * n
@@ -162,14 +165,16 @@ class Encoding:
         used = sum(res.token_counts)
         m.encoder_batch_tokens.labels(encoder.name, kind).observe(used)
         m.encoder_tokens.labels(encoder.name, kind).inc(used)
-        if kind == "query":
-            self.query_cache.put_many(
-                self.fingerprint(encoder), tokens.texts, res.vectors, tokens.counts
-            )
+        fingerprint = self.fingerprint(encoder)
         at = 0
-        for part in parts:
+        for member, part in zip(members, parts, strict=True):
             k = len(part.miss)
-            part.vectors[part.miss] = res.vectors[at : at + k]
+            rows = res.vectors[at : at + k]
+            part.vectors[part.miss] = rows
+            if kind == "query":  # each tenant's rows under its own key
+                self.query_cache.put_many(
+                    member.item.tenant, fingerprint, part.tokens.texts, rows, part.tokens.counts
+                )
             at += k
 
     def run_prepared(self, preps: list[Prepared]) -> list[EmbedOutcome | ServiceError]:

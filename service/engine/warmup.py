@@ -4,7 +4,10 @@ A fresh process pays once for what no request should: torch's first kernels and 
 for each batch shape, tokenizer caches, an adapter's first matmul, a local Qdrant's first
 query. One pass per encoder and kind at a few lengths, plus a small batch, covers the shapes a
 query meets; one search per collection warms Qdrant; each tenant's adapter is applied once as
-it is bound (`Runtime._load_problem`), so an activation is warm before it serves too.
+it is bound (`adapters.apply.check_finite_output`), so an activation is warm before it serves too.
+Each forward pass is one chunk of the batcher's background lane: on the thread that serves
+batches (torch keeps an OpenMP team per calling thread, and a warm-up on another thread left a
+second team that cost every later request ~2 ms on 2 cores), and behind any live request.
 bench/first_request.py measures the first request after ready against the steady state.
 """
 
@@ -16,8 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from encoders import Encoder, InputKind
 
@@ -64,11 +65,16 @@ def _wait_ready(encoder: Encoder, timeout_s: float, stop: threading.Event) -> bo
     return True
 
 
-def warm_encoder(encoder: Encoder, kinds: tuple[InputKind, ...]) -> None:
+def warm_passes(encoder: Encoder, kinds: tuple[InputKind, ...]) -> list[Callable[[], object]]:
+    """The forward passes that warm `encoder`, one callable each (one background chunk)."""
+    passes: list[Callable[[], object]] = []
     for kind in kinds:
         for words in LENGTHS:
-            encoder.encode([warm_texts(words)], kind, truncate=True)
-        encoder.encode([warm_texts(LENGTHS[1])] * BATCH, kind, truncate=True)
+            passes.append(lambda k=kind, w=words: encoder.encode([warm_texts(w)], k, truncate=True))
+        passes.append(
+            lambda k=kind: encoder.encode([warm_texts(LENGTHS[1])] * BATCH, k, truncate=True)
+        )
+    return passes
 
 
 def warm_searches(runtime: Runtime) -> None:
@@ -94,10 +100,11 @@ def run_warm_up(
     runtime: Runtime,
     stop: threading.Event,
     timeout_s: float = 1800.0,
-    execute: Callable[[Callable[[], None]], None] | None = None,
+    execute: Callable[[Callable[[], object]], object] | None = None,
 ) -> None:
     """Warm both encoders for every kind they serve, then each collection's first search;
-    never raises (the state says why)."""
+    never raises (the state says why). `execute` runs one pass (BackgroundLane.run in the
+    service); None runs them here."""
     t0 = time.perf_counter()
     query_encoder, document_encoder = runtime.query_encoder, runtime.document_encoder
     plan: list[tuple[Encoder, tuple[InputKind, ...]]] = [(query_encoder, ("query",))]
@@ -112,10 +119,13 @@ def run_warm_up(
                     return
                 state.error = f"{encoder.name} did not become ready"
                 return
-            if execute is None:
-                warm_encoder(encoder, kinds)
-            else:  # on the thread that serves batches (Batcher.on_worker)
-                execute(lambda e=encoder, k=kinds: warm_encoder(e, k))  # type: ignore[misc]
+            for forward in warm_passes(encoder, kinds):
+                if stop.is_set():
+                    return
+                if execute is None:
+                    forward()
+                else:
+                    execute(forward)
         warm_searches(runtime)
     except Exception as e:  # an encoder that cannot encode is reported, not raised
         state.error = f"{type(e).__name__}: {e}"
@@ -124,11 +134,3 @@ def run_warm_up(
     state.seconds = time.perf_counter() - t0
     state.done.set()
     log.info("warm-up done in %.2fs", state.seconds)
-
-
-def warm_adapter_apply(apply: object, in_dim: int) -> None:
-    """One apply on a unit row: the adapter's first matmul happens here, not in a request."""
-    assert callable(apply)
-    out = apply(np.full((1, in_dim), in_dim**-0.5, dtype=np.float32))
-    if not np.all(np.isfinite(out)):
-        raise ValueError("its output is not finite")

@@ -18,7 +18,8 @@ import numpy as np
 from adapters import Adapter
 from adapters.gate import GateReport, ndcg_at_k, run_gate
 from service.bindings.tenants import Tenant
-from service.engine.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
+from service.engine.background import BackgroundLane
+from service.engine.embedding import ActiveAdapter, EmbedItem
 from service.engine.errors import ServiceError
 from service.evaluation.errors import GateUnavailable
 from service.evaluation.sets import ValidationPair, ValidationSet
@@ -28,7 +29,7 @@ from service.search.qdrant_gateway import CollectionNotFound, tenant_condition
 log = logging.getLogger(__name__)
 
 GATE_DEPTH = 10  # nDCG@10: the ranks the gate looks at
-_CHUNK = 128  # validation queries per embed call (bounds memory, keeps encoder batches sane)
+_CHUNK = 128  # validation queries per round of systems (the query cache serves the 2nd and 3rd)
 
 
 # -- the live evaluation -----------------------------------------------------------------------
@@ -39,15 +40,15 @@ class System:
 
 
 def served_vectors(
-    runtime: Runtime, tenant: Tenant, systems: list[System], texts: list[str]
+    lane: BackgroundLane, tenant: Tenant, systems: list[System], texts: list[str]
 ) -> dict[str, np.ndarray]:
     """{system key: the vectors the tenant would be served} for `texts` (Matryoshka cut
-    included); one embed_batch call per chunk for every system. Both gates score with it."""
+    included), through the background lane, behind live traffic. Both gates score with it."""
     out: dict[str, list[np.ndarray]] = {s.key: [] for s in systems}
     for start in range(0, len(texts), _CHUNK):
         chunk = texts[start : start + _CHUNK]
-        items = [
-            EmbedItem(
+        for s in systems:
+            item = EmbedItem(
                 tenant.name,
                 chunk,
                 "query",
@@ -55,12 +56,7 @@ def served_vectors(
                 adapter=s.adapter,
                 baseline=s.adapter is None,
             )
-            for s in systems
-        ]
-        for s, res in zip(systems, runtime.embed_batch(items), strict=True):
-            if isinstance(res, ServiceError):
-                raise res
-            assert isinstance(res, EmbedOutcome)
+            res = lane.embed(item)
             if res.degraded:  # the document encoder answered for the query encoder
                 raise GateUnavailable(f"the query encoder is unavailable ({res.degraded})")
             out[s.key].append(np.asarray(res.vectors, dtype=np.float32))
@@ -122,6 +118,7 @@ def decide(
 
 def evaluate(
     runtime: Runtime,
+    lane: BackgroundLane,
     tenant: Tenant,
     validation: ValidationSet,
     candidate: Adapter,
@@ -135,7 +132,7 @@ def evaluate(
         runtime, tenant, candidate, current, "nothing to search the validation set in"
     )
     pairs = validation.pairs
-    vectors = served_vectors(runtime, tenant, systems, [p.query for p in pairs])
+    vectors = served_vectors(lane, tenant, systems, [p.query for p in pairs])
     scores: dict[str, dict[str, float]] = {}
     for s in systems:
         ranked = _rankings(runtime, tenant, vectors[s.key])

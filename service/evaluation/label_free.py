@@ -35,6 +35,7 @@ from adapters import Adapter
 from adapters.gate import Comparison, GateReport
 from adapters.teacher import AGREEMENT_CUTOFF, agreement, student_scores, teacher_scores
 from service.bindings.tenants import Tenant
+from service.engine.background import BackgroundLane
 from service.engine.errors import ServiceError
 from service.evaluation.errors import GateUnavailable
 from service.evaluation.gate import decide, gate_systems, served_vectors
@@ -46,7 +47,6 @@ from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 128  # rows per encoder call (bounds memory; the encoder batches inside)
 _SAMPLE_SEED = 0  # a query set above the cap is sampled with this seed: same set, same queries
 
 
@@ -118,17 +118,10 @@ def _candidates(runtime: Runtime, tenant: Tenant, vector: np.ndarray, k: int) ->
     return _Candidates(texts, np.asarray(vectors, dtype=np.float32))
 
 
-def _encode(runtime: Runtime, texts: list[str], kind: Literal["query", "document"]) -> np.ndarray:
-    enc = runtime.query_encoder
-    parts = [
-        enc.encode(texts[i : i + _CHUNK], kind, truncate=True).vectors
-        for i in range(0, len(texts), _CHUNK)
-    ]
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, enc.dim))
-
-
 def _teacher_vectors(
     runtime: Runtime,
+    lane: BackgroundLane,
+    tenant: str,
     texts: list[str],
     kind: Literal["query", "document"],
     cache: TeacherCache | None,
@@ -140,12 +133,12 @@ def _teacher_vectors(
     fp = runtime.fingerprint(enc)
     hits: list[np.ndarray | None]
     if kind == "query":
-        found = runtime.query_cache.get_many(fp, enc.name, enc.format(texts, "query"))
+        found = runtime.query_cache.get_many(tenant, fp, enc.name, enc.format(texts, "query"))
         hits = [h[0] if h is not None else None for h in found]
     else:
         hits = cache.get_many(fp, texts) if cache is not None else [None] * len(texts)
     miss = [i for i, h in enumerate(hits) if h is None]
-    fresh = _encode(runtime, [texts[i] for i in miss], kind)
+    fresh = lane.encode(enc, [texts[i] for i in miss], kind)
     if kind == "document" and cache is not None and miss:
         cache.put_many(fp, [texts[i] for i in miss], fresh)
     out = np.empty((len(texts), enc.dim), dtype=np.float32)
@@ -180,6 +173,7 @@ def _reasons(report: GateReport, k: int, n: int, source: str) -> list[str]:
 
 def evaluate(
     runtime: Runtime,
+    lane: BackgroundLane,
     tenant: Tenant,
     queries: Unlabelled,
     candidate: Adapter,
@@ -193,7 +187,7 @@ def evaluate(
     t0 = time.perf_counter()
     systems = gate_systems(runtime, tenant, candidate, current, "no candidates to rank")
     collection = runtime.collection_for(tenant)
-    served = served_vectors(runtime, tenant, systems, queries.texts)
+    served = served_vectors(lane, tenant, systems, queries.texts)
     t1 = time.perf_counter()
     found = [_candidates(runtime, tenant, v, k) for v in served["baseline"]]
     t2 = time.perf_counter()
@@ -205,9 +199,13 @@ def evaluate(
         )
     doc_texts = list(dict.fromkeys(t for i in scored for t in found[i].texts))
     row = {t: j for j, t in enumerate(doc_texts)}
-    teacher_docs, cached_docs = _teacher_vectors(runtime, doc_texts, "document", cache)
+    teacher_docs, cached_docs = _teacher_vectors(
+        runtime, lane, tenant.name, doc_texts, "document", cache
+    )
     query_texts = [queries.texts[i] for i in scored]
-    teacher_queries, cached_queries = _teacher_vectors(runtime, query_texts, "query", cache)
+    teacher_queries, cached_queries = _teacher_vectors(
+        runtime, lane, tenant.name, query_texts, "query", cache
+    )
     t3 = time.perf_counter()
     scores: dict[str, dict[str, float]] = {sys.key: {} for sys in systems}
     for q_big, i in zip(teacher_queries, scored, strict=True):

@@ -31,8 +31,8 @@ from typing import Any
 from anyio import to_thread
 
 from service.bindings.tenants import Tenant
+from service.engine.background import BackgroundLane
 from service.engine.embedding import ActiveAdapter, EmbedItem, EmbedOutcome
-from service.engine.errors import ServiceError
 from service.runtime import Runtime
 from service.search.qdrant_gateway import Hit
 
@@ -142,8 +142,9 @@ class ShadowRun:
 class Shadow:
     """The shadow runs of one app (one per tenant) and the comparisons in flight."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, lane: BackgroundLane) -> None:
         self.runtime = runtime
+        self.lane = lane
         self.runs: dict[str, ShadowRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
@@ -228,9 +229,7 @@ class Shadow:
     ) -> list[tuple[str, float]]:
         """On a worker thread: the candidate's vector for the query, then its top-k."""
         item = EmbedItem(run.tenant.name, [query], "query", instruction, adapter=run.candidate)
-        (out,) = self.runtime.embed_batch([item])
-        if isinstance(out, ServiceError):
-            raise out
+        out = self.lane.embed(item)  # behind live traffic
         if out.degraded:
             raise RuntimeError(f"query encoder unavailable ({out.degraded})")
         hits = self.runtime.search(run.tenant, out.vectors[0], client_filter, k, False)

@@ -133,6 +133,18 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("querylift_queue_depth", "Texts waiting for a batch.", registry=r)
+        self.background_waiting = Gauge(
+            "querylift_background_waiting",
+            "Background chunks (gates, shadow, warm-up) waiting for an idle batcher worker.",
+            registry=r,
+        )
+        self.background_chunk = Histogram(
+            "querylift_background_chunk_seconds",
+            "Worker time of one background chunk: the most a live request waits behind admin "
+            "work.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "querylift_batch_size",
             "Texts per batch run by the batcher.",

@@ -408,8 +408,9 @@ class Settings(BaseSettings):
         default=10_000,
         ge=0,
         description="Raw (pre-adapter) query vectors kept in an LRU cache, keyed by encoder "
-        "fingerprint + prompt-formatted text; 0 disables it. About (query dim + document dim) "
-        "x 4 bytes an entry (4.6 KB embedded, 20 KB for Qwen3 8B + 0.6B).",
+        "fingerprint + prompt-formatted text, in one partition per tenant (an equal share "
+        "each: no tenant sees or evicts another's entries); 0 disables it. About (query dim + "
+        "document dim) x 4 bytes an entry (4.6 KB embedded, 20 KB for Qwen3 8B + 0.6B).",
     )
     background_batch_tokens: int = Field(
         default=256,

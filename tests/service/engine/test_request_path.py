@@ -94,13 +94,52 @@ def test_a_cache_of_size_zero_is_off(make_client):
 
 
 def test_the_cache_is_an_lru_of_its_size(make_client):
-    client = make_client(query_cache_size=2)
+    client = make_client(query_cache_size=6)  # three tenants: two entries each
     for text in ("one query", "two query", "three query"):
         embed(client, "acme", input=text)
     assert sample(client, "querylift_query_cache_entries") == 2
     assert sample(client, "querylift_query_cache_evictions_total") == 1
     assert embed(client, "acme", input="three query").headers["x-query-cache"] == "hit"
     assert embed(client, "acme", input="one query").headers["x-query-cache"] == "miss"
+
+
+# -- no tenant sees another's cache -------------------------------------------------------------
+def query_passes(client: TestClient) -> float:
+    return sample(
+        client, "querylift_encoder_batch_size_count", {"encoder": "tiny-qwen3", "kind": "query"}
+    )
+
+
+def test_a_text_another_tenant_sent_is_a_miss_on_its_own_path(
+    client: TestClient, store: AdapterStore, adapters_bound: dict[str, str], query_encoder
+):
+    """Issue 23: A sends a text, then B sends the same text. B sees a miss, its vector comes
+    from its own encoder pass through its own adapter, so its timing is a miss's; A's repeat is
+    a hit."""
+    secret = "acquisition of Initech by Globex"
+    first = embed(client, "acme", input=secret)
+    assert first.headers["x-query-cache"] == "miss"
+    passes = query_passes(client)
+    other = embed(client, "globex", input=secret)
+    assert other.status_code == 200
+    assert other.headers["x-query-cache"] == "miss"
+    assert 'cache;desc="miss"' in other.headers["server-timing"]
+    assert query_passes(client) == passes + 1  # the encoder ran for it: a miss's cost
+    raw = query_encoder.encode([secret], "query").vectors
+    globex = store.get(adapters_bound["globex"])
+    np.testing.assert_allclose(embeddings(other.json()), globex.apply(raw), atol=1e-5)
+    repeat = embed(client, "acme", input=secret)
+    assert repeat.headers["x-query-cache"] == "hit"
+    assert query_passes(client) == passes + 1
+    np.testing.assert_array_equal(embeddings(repeat.json()), embeddings(first.json()))
+
+
+def test_one_tenants_traffic_never_evicts_anothers_entries(make_client):
+    client = make_client(query_cache_size=6)  # two entries each
+    embed(client, "globex", input=QUERY)
+    for i in range(10):
+        embed(client, "acme", input=f"flood {i}")
+    assert embed(client, "globex", input=QUERY).headers["x-query-cache"] == "hit"
 
 
 # -- tokenised once -----------------------------------------------------------------------------

@@ -135,15 +135,14 @@ def test_an_activated_adapter_is_applied_once_before_it_serves(
 
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     applied: list[tuple[str, bool]] = []
-    real = service.bindings.bindings.warm_adapter_apply
+    real = service.bindings.bindings.check_finite_output
 
-    def record(apply: Any, in_dim: int) -> None:
-        adapter_id = apply.__self__.id
+    def record(adapter: Any) -> None:
         # not yet what acme is served: the apply comes first
-        applied.append((adapter_id, runtime.binding("acme").adapter_id == adapter_id))
-        real(apply, in_dim)
+        applied.append((adapter.id, runtime.binding("acme").adapter_id == adapter.id))
+        real(adapter)
 
-    monkeypatch.setattr(service.bindings.bindings, "warm_adapter_apply", record)
+    monkeypatch.setattr(service.bindings.bindings, "check_finite_output", record)
     new = store.put(*make_linear(query_encoder, document_encoder, 7))
     store.activate("acme", new.id)
     assert runtime.sync()
