@@ -38,9 +38,8 @@ needs_promtool = pytest.mark.skipif(
     reason="promtool is not on PATH: install the distribution's `prometheus` package "
     "(apt-get install prometheus; .ci/run does) to check deploy/prometheus/",
 )
-# named in rules, dashboard and the HPA before the service exports it (it comes with the
-# request batcher); everything else must be registered by service.ops.metrics.Metrics
-FUTURE_METRICS = {"querylift_queue_depth"}
+# every querylift_* name in deploy/ must be registered by service.ops.metrics.Metrics (or be a
+# custom metric prometheus-adapter computes from registered series)
 METRIC_NAME = re.compile(r"(?<![\w:])querylift_[a-z0-9_]+")
 
 
@@ -352,10 +351,41 @@ def test_service_hpa_and_pdb_target_the_deployment():
     )
     adapter = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
     served = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
+    names = set()
     for metric in hpa["spec"]["metrics"]:
         assert metric["type"] == "Pods"
         name = metric["pods"]["metric"]["name"]
         assert name in served, f"the HPA's metric {name} is served by prometheus-adapter"
+        names.add(name)
+    # the queue the batcher exports is a scaling signal, not a comment about the future
+    assert "querylift_queue_depth" in names and "querylift_queue_depth" in exported_metric_names()
+
+
+def test_the_deployment_requires_a_tenants_file_from_a_secret():
+    """No development mode on the cluster: the tenants file comes from a Secret that must exist
+    (not optional: the pod does not start without it), mounted where the ConfigMap points."""
+    env = configmap_env()
+    assert "QUERYLIFT_ALLOW_UNAUTHENTICATED_NETWORK" not in env
+    tenants_file = Path(env["QUERYLIFT_TENANTS_FILE"])
+    pod = one("Deployment", "querylift")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in deployment_container()["volumeMounts"]}
+    (volume,) = [
+        v
+        for v in pod["volumes"]
+        if v["name"] in mounts
+        and "secret" in v
+        and mounts[v["name"]]["mountPath"] == str(tenants_file.parent)
+    ]
+    assert mounts[volume["name"]]["readOnly"] is True
+    secret = volume["secret"]
+    assert not secret.get("optional", False)
+    assert {"key": "tenants.json", "path": tenants_file.name} in secret["items"]
+    example = [
+        d
+        for d in yaml_docs(K8S / "secrets.example.yaml")
+        if d["metadata"]["name"] == secret["secretName"]
+    ]
+    assert example and "tenants.json" in example[0]["stringData"]
 
 
 def test_qdrant_helm_values_are_replicated_and_sharded():
@@ -474,8 +504,34 @@ def test_metric_names_are_exported_by_the_service(where: str):
     }[where]()
     used = set(METRIC_NAME.findall(text))
     assert len(used) >= 2, f"no querylift_ metric found in {where}"
-    unknown = used - exported_metric_names() - FUTURE_METRICS
+    unknown = used - exported_metric_names() - adapter_served_names()
     assert not unknown, f"{where} names metrics service/ops/metrics.py does not export: {unknown}"
+
+
+def adapter_served_names() -> set[str]:
+    """The custom metrics prometheus-adapter serves the HPA (`as`), computed from its series."""
+    adapter = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
+    return {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
+
+
+def test_every_metric_any_deploy_file_names_is_in_the_registry():
+    """Rules, their tests, the dashboard, the HPA, the adapter and the READMEs: no metric is
+    named before the service exports it (the HPA's p99 is the adapter's, from exported series)."""
+    exported = exported_metric_names()
+    derived = adapter_served_names() - exported
+    assert derived == {"querylift_request_p99_seconds"}, derived
+    files = [p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
+    assert len(files) >= 10
+    named: dict[str, set[str]] = {}
+    for path in files:
+        for name in METRIC_NAME.findall(path.read_text()):
+            named.setdefault(name, set()).add(str(path.relative_to(DEPLOY)))
+    assert "querylift_queue_depth" in named
+    unknown = {n: sorted(w) for n, w in named.items() if n not in exported | derived}
+    assert not unknown, f"deploy/ names metrics the service does not export: {unknown}"
+
+
+TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".md", ".py")
 
 
 def test_alert_rules_cover_the_failure_modes():
