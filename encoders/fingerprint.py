@@ -98,7 +98,8 @@ def effective_dtype(spec: EncoderSpec) -> str:
         from encoders.vllm_build import VLLM_DTYPE
 
         return VLLM_DTYPE
-    return "float32" if spec.device.split(":")[0] == "cpu" else "bfloat16"
+    # transformers: bfloat16 on CUDA, float32 elsewhere (transformers_backend.py)
+    return "bfloat16" if spec.device.split(":")[0] == "cuda" else "float32"
 
 
 def weights_identity(path: str, revision: str | None = None) -> str:

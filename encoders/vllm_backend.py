@@ -35,47 +35,9 @@ from encoders.base import (
     StepObserver,
     Tokenized,
 )
-from encoders.engine_errors import (
-    ENGINE_DEAD_ERRORS,
-    EncoderTimeout,
-    EncoderUnavailable,
-    is_engine_dead_error,
-)
 from encoders.engine_runner import EngineRunner
-from encoders.vllm_build import (
-    VLLM_BUILDS,
-    VLLM_DTYPE,
-    VLLM_VERSION,
-    EngineBuild,
-    accepted_builds,
-    installed_vllm_build,
-    resolve_dtype,
-)
-from encoders.vllm_engine import (
-    as_vector,
-    build_vllm_engine,
-    vllm_engine_kwargs,
-    vllm_pooling_params,
-)
-
-# What callers imported from here before the split, kept importable from here.
-__all__ = [
-    "ENGINE_DEAD_ERRORS",
-    "VLLM_BUILDS",
-    "VLLM_DTYPE",
-    "VLLM_VERSION",
-    "EncoderTimeout",
-    "EncoderUnavailable",
-    "EngineBuild",
-    "VLLMEncoder",
-    "accepted_builds",
-    "build_vllm_engine",
-    "installed_vllm_build",
-    "is_engine_dead_error",
-    "resolve_dtype",
-    "vllm_engine_kwargs",
-    "vllm_pooling_params",
-]
+from encoders.vllm_build import installed_vllm_build, resolve_dtype
+from encoders.vllm_engine import as_vector, build_vllm_engine, vllm_pooling_params
 
 
 class VLLMEncoder(EncoderBase):

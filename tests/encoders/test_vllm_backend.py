@@ -23,16 +23,10 @@ from transformers import AutoTokenizer
 
 from encoders import Encoder, EncoderSpec, Pooling, build_encoder, vllm_build, vllm_engine
 from encoders.base import InputTooLongError
-from encoders.vllm_backend import (
-    VLLM_DTYPE,
-    VLLM_VERSION,
-    EncoderTimeout,
-    EncoderUnavailable,
-    VLLMEncoder,
-    build_vllm_engine,
-    is_engine_dead_error,
-    vllm_engine_kwargs,
-)
+from encoders.engine_errors import EncoderTimeout, EncoderUnavailable, is_engine_dead_error
+from encoders.vllm_backend import VLLMEncoder
+from encoders.vllm_build import VLLM_DTYPE, VLLM_VERSION
+from encoders.vllm_engine import build_vllm_engine, vllm_engine_kwargs
 from tests.conftest import long_text
 
 QWEN_TEMPLATE = "Instruct: {instruction}\nQuery:{text}"

@@ -20,7 +20,8 @@ import pytest
 
 from adapters.store import AdapterStore
 from encoders import Encoder, EncoderSpec
-from encoders.vllm_backend import EncoderTimeout, VLLMEncoder
+from encoders.engine_errors import EncoderTimeout
+from encoders.vllm_backend import VLLMEncoder
 from tests.conftest import fake_encoder, make_linear, querylift_settings, server_env
 from tests.engine.conftest import ENGINE_READY_S, engine_spec
 from tests.live import ServerProcess, kill, serve_processes

@@ -11,7 +11,7 @@ import pytest
 
 from encoders import Encoder
 from encoders.base import InputTooLongError
-from encoders.vllm_backend import VLLM_BUILDS, installed_vllm_build
+from encoders.vllm_build import VLLM_BUILDS, installed_vllm_build
 from tests.engine.conftest import MAX_TOKENS
 
 TOL = 1e-4
