@@ -1,8 +1,8 @@
 """Security (issue 7): key hashing and comparison, secrets never logged, request ids, JSON
 logs, per-tenant rate limit, CORS.
 
-The admin API being off without a token is tests/service/admin/test_admin.py's
-`test_admin_api_is_off_without_a_token`.
+Every `/admin` route refusing a missing, wrong or tenant key (401), and answering 404 while the
+admin API is off, is tests/service/admin/test_admin_auth_routes.py: a walk of the app's routes.
 """
 
 from __future__ import annotations
