@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from encoders import Encoder
 from service.bindings.tenants import hash_key
+from service.ops.settings import Settings
 from service.search.qdrant_gateway import QdrantGateway, QdrantUnreachable
 from service.search.readiness import Snapshot, TargetReadiness
 from service.search.targets import Inspection, SearchTarget
@@ -97,10 +98,10 @@ def test_probes_inspect_each_target_at_most_once_per_cache_period(
 ) -> None:
     """100 probes at once with 50 tenants: one inspection per tenant per period, not 100."""
     others = [{"name": f"t{i:02d}", "collection": "docs"} for i in range(47)]
-    client = start_admin([*docs_tenants(), *rows_with_keys(others)])
+    period = Settings.model_fields["readiness_cache_s"].default
+    assert period == 5.0
+    client = start_admin([*docs_tenants(), *rows_with_keys(others)], readiness_cache_s=period)
     assert len(client.app.state.runtime.targets) == 50
-    period = client.app.state.runtime.settings.readiness_cache_s
-    assert period == 5.0  # the default
 
     calls: Counter[str] = Counter()
     per_tenant: Counter[str] = Counter()
