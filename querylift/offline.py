@@ -1,10 +1,13 @@
 """What the commands that work offline (setup, index, train, eval, doctor) share: the
 configured encoders, started in this process (they wait for a background start before the
-first text), and the configured Qdrant, with one clear line when it cannot be opened."""
+first text), the configured Qdrant, with one clear line when it cannot be opened, and the
+dataset argument and options of `train` and `eval`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,8 +15,44 @@ if TYPE_CHECKING:
     from encoders import Encoder
     from service.ops.settings import Settings
     from service.search.qdrant_gateway import QdrantGateway
+    from training.data import Dataset
 
 ENGINE_START_S = 900.0
+
+DatasetArg = Annotated[
+    Path,
+    typer.Argument(
+        help="BEIR folder (corpus, queries, qrels/*.tsv); or a pairs jsonl with --corpus; "
+        "or a bare corpus file (alignment_only)."
+    ),
+]
+CorpusOpt = Annotated[Path | None, typer.Option(help="Corpus for a pairs file.")]
+QueryEncoderOpt = Annotated[
+    str,
+    typer.Option(
+        help="Which configured encoder encodes queries: `query` (QUERYLIFT_QUERY_ENCODER__*) "
+        "or `document` (a same-model adapter)."
+    ),
+]
+CacheOpt = Annotated[Path, typer.Option(help="Embedding cache folder.")]
+
+
+def command_logging(level: str) -> None:
+    """The offline commands' log lines on stderr, at `level`."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def load_dataset(path: Path, corpus: Path | None) -> Dataset:
+    """A BEIR folder; a pairs jsonl with its corpus; or a bare corpus file."""
+    from training.data import load_beir, load_corpus_only, load_pairs
+
+    if path.is_dir():
+        return load_beir(path)
+    if corpus is not None:
+        return load_pairs(path, corpus)
+    return load_corpus_only(path)
 
 
 def started(encoder: Encoder) -> Encoder:
