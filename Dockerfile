@@ -7,7 +7,13 @@
 #
 #   docker build -t querylift:0.1.0 .
 #   docker run --gpus all -p 8080:8080 -v hf:/models -v adapters:/var/lib/querylift/adapters \
+#     -v "$PWD/tenants.json:/etc/querylift/tenants.json:ro" \
+#     -e QUERYLIFT_TENANTS_FILE=/etc/querylift/tenants.json \
 #     -e QUERYLIFT_QDRANT_URL=http://qdrant:6333 querylift:0.1.0
+#
+# No tenants file, no start: the image binds 0.0.0.0, and `querylift serve` refuses development
+# mode (no authentication) on an address other than loopback, exit 1 with one line naming the
+# fix (docs/tenants.md; QUERYLIFT_ALLOW_UNAUTHENTICATED_NETWORK=true overrides it by name).
 #
 # Base images are pinned by tag (pin by digest too, `image@sha256:...`, in a regulated setup).
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
@@ -79,6 +85,7 @@ ENV QUERYLIFT_PROFILE=gpu \
 # QUERYLIFT_PROFILE=embedded selects the CPU profile (needs EMBEDDED_MODELS=1 at build time,
 # or models/ mounted at /app/models). Set QUERYLIFT_QDRANT_URL for a Qdrant server; unset, the
 # service uses an embedded local-mode Qdrant under /var/lib/querylift/qdrant (development only).
+# QUERYLIFT_TENANTS_FILE is yours to set (see the top): without it the service does not start.
 
 VOLUME ["/models", "/var/lib/querylift/adapters"]
 EXPOSE 8080

