@@ -7,10 +7,11 @@ import base64
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from adapters.store import AdapterStore
 from encoders import Encoder
-from tests.conftest import assert_error, auth, embeddings, long_text
+from tests.conftest import ADMIN, admin_headers, assert_error, auth, embeddings, long_text
 
 TEXTS = ["what causes malaria", "the heart of mice", "vitamin and the immune response"]
 
@@ -273,7 +274,8 @@ def test_search_on_a_missing_collection_is_404(
 
 
 # -- health and metrics ------------------------------------------------------------------------
-def test_health_and_readiness(client: TestClient):
+def test_health_and_readiness(make_client):
+    client = make_client(admin_token=SecretStr(ADMIN))
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200
@@ -284,8 +286,10 @@ def test_health_and_readiness(client: TestClient):
         "qdrant": "ok",
         "search_targets": "ok",
     }
-    # initech shares the collection but has indexed nothing yet: said, not a reason to leave
-    # the load balancer's rotation
+    assert "warnings" not in body  # the open answer names no tenant (test_readyz.py)
+    # initech shares the collection but has indexed nothing yet: said to the admin, not a
+    # reason to leave the load balancer's rotation
+    body = client.get("/readyz", headers=admin_headers()).json()
     assert body["warnings"] == [
         "tenant 'initech': collection 'docs', unnamed vector, tenant == 'initech': "
         "no point has payload tenant == 'initech' yet"
@@ -336,9 +340,12 @@ def test_a_failing_encoder_is_a_503_and_the_next_batch_is_served(client: TestCli
     assert 'querylift_encoder_failures_total{encoder="tiny-qwen3"} 1.0' in text
 
 
-def test_readiness_reports_an_encoder_that_is_not_ready(client: TestClient, monkeypatch):
+def test_readiness_reports_an_encoder_that_is_not_ready(make_client, monkeypatch):
+    client = make_client(admin_token=SecretStr(ADMIN))
     runtime = client.app.state.runtime
     monkeypatch.setattr(type(runtime.query_encoder), "ready", False, raising=False)
     r = client.get("/readyz")
     assert r.status_code == 503
+    assert r.json()["checks"]["encoders"] == "starting"  # a state, not the encoder's name
+    r = client.get("/readyz", headers=admin_headers())
     assert r.json()["checks"]["encoders"].startswith("not ready: tiny-qwen3")
