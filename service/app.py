@@ -29,6 +29,7 @@ from service.http.info import package_version
 from service.http.info import router as info_router
 from service.http.middleware import install_middleware
 from service.http.routes import router
+from service.ops.loop_lag import watch_loop_lag
 from service.ops.metrics import Metrics
 from service.ops.preflight import check_model
 from service.ops.query_log import QueryLog
@@ -179,10 +180,12 @@ def create_app(
             stop_at_cutoff(drain, settings.shutdown_grace_s, batcher.stop),
             name="querylift-shutdown-cutoff",
         )
+        lag = asyncio.create_task(watch_loop_lag(metrics), name="querylift-loop-lag")
         try:
             yield
         finally:
             stop_warm.set()
+            await cancel_and_wait(lag)
             await cancel_and_wait(cutoff)
             await batcher.stop()
             app.state.batcher = None

@@ -133,6 +133,12 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("querylift_queue_depth", "Texts waiting for a batch.", registry=r)
+        self.event_loop_lag = Histogram(
+            "querylift_event_loop_lag_seconds",
+            "How late the event loop woke a 50 ms sleep: the stall every request and probe saw.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.background_waiting = Gauge(
             "querylift_background_waiting",
             "Background chunks (gates, shadow, warm-up) waiting for an idle batcher worker.",
@@ -140,8 +146,7 @@ class Metrics:
         )
         self.background_chunk = Histogram(
             "querylift_background_chunk_seconds",
-            "Worker time of one background chunk: the most a live request waits behind admin "
-            "work.",
+            "Worker time of one background chunk: the most a live request waits behind admin work.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
