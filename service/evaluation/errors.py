@@ -12,6 +12,7 @@ INVALID_VALIDATION_SET = "invalid_validation_set"
 INVALID_QUERY_SET = "invalid_query_set"
 SET_TOO_LARGE = "payload_too_large"
 TOO_MANY_QUERIES = "too_many_queries"
+CODES = (INVALID_VALIDATION_SET, INVALID_QUERY_SET, SET_TOO_LARGE, TOO_MANY_QUERIES)
 
 
 class EvaluationError(ServiceError):
