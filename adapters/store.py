@@ -123,11 +123,19 @@ class AdapterStore:
     def activate(
         self, tenant: str, adapter_id: str | None, actor: str | None = None
     ) -> TenantBinding:
-        """Point `tenant` at `adapter_id` (None = no adapter) with the next version number."""
+        """Point `tenant` at `adapter_id` (None = no adapter) with the next version number.
+
+        The checkpoint is validated first, with no lock held while it is read and hashed;
+        then it must still be there under the lock that `delete` takes, when the binding is
+        written. A delete racing this call either lands first (KeyError here) or waits and
+        refuses (the adapter is bound).
+        """
         if adapter_id is not None:
             self.get(adapter_id)  # must exist and load cleanly
         path = self._binding_path(tenant)
         with self._bindings_lock():  # read-modify-write: no lost update between writers
+            if adapter_id is not None and not self._dir(adapter_id).is_dir():
+                raise KeyError(adapter_id)  # deleted since it was validated
             b = self.binding(tenant)
             version = max([e.version for e in b.history], default=0) + 1
             event = BindingEvent(adapter_id=adapter_id, version=version, actor=actor)
@@ -154,11 +162,15 @@ class AdapterStore:
         return self.activate(tenant, previous.adapter_id, actor=actor)
 
     def delete(self, adapter_id: str) -> None:
-        """Remove an adapter version; refuses (ValueError) while a tenant has it active."""
+        """Remove an adapter version; refuses (ValueError) while a tenant has it active.
+
+        Checked and removed under the lock `activate` binds under, so no binding can name
+        an adapter that is gone.
+        """
         d = self._dir(adapter_id)
-        if not d.is_dir():
-            raise KeyError(adapter_id)
         with self._bindings_lock():
+            if not d.is_dir():
+                raise KeyError(adapter_id)
             users = self.bound().get(adapter_id, [])
             if users:
                 raise ValueError(f"adapter {adapter_id} is active for tenant(s) {users}")

@@ -348,6 +348,65 @@ def test_concurrent_activations_never_lose_a_version(store: AdapterStore) -> Non
     assert b.active == b.history[-1]
 
 
+def test_a_delete_landing_after_activate_checked_the_adapter_wins_cleanly(
+    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another replica deletes the adapter after `activate` validated it, before it binds:
+    activate fails (KeyError) and no binding names the deleted adapter."""
+    keep = store.put(*checkpoint(seed=1))
+    gone = store.put(*checkpoint(seed=2))
+    store.activate("acme", keep.id)
+    before = store.binding("acme")
+    replica = AdapterStore(store.root)
+    real_get = store.get
+
+    def get_then_deleted(adapter_id: str) -> Any:
+        found = real_get(adapter_id)
+        replica.delete(adapter_id)  # lands between the check and the bind
+        return found
+
+    monkeypatch.setattr(store, "get", get_then_deleted)
+    with pytest.raises(KeyError):
+        store.activate("acme", gone.id)
+    assert store.binding("acme") == before
+    assert gone.id not in store.ids() and store.bound() == {keep.id: ["acme"]}
+
+
+def test_a_delete_arriving_while_activate_binds_waits_and_refuses(
+    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another replica deletes the adapter while `activate` holds the lock: the delete waits
+    for the binding and then refuses (the adapter is bound), so the binding stays valid."""
+    adapter = store.put(*checkpoint(seed=3))
+    replica = AdapterStore(store.root)
+    outcome: list[BaseException | None] = []
+
+    def delete() -> None:
+        try:
+            replica.delete(adapter.id)
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    deleter = threading.Thread(target=delete)
+    real_binding = store.binding
+
+    def binding_while_a_delete_waits(tenant: str) -> TenantBinding:
+        if not deleter.is_alive() and not outcome:  # the first read, under the lock
+            deleter.start()
+            deleter.join(0.2)
+            assert deleter.is_alive(), outcome  # it waits for the lock activate holds
+        return real_binding(tenant)
+
+    monkeypatch.setattr(store, "binding", binding_while_a_delete_waits)
+    bound = store.activate("acme", adapter.id)
+    deleter.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], ValueError), outcome
+    assert "active for tenant" in str(outcome[0])
+    assert bound.active is not None and bound.active.adapter_id == adapter.id
+    assert replica.get(adapter.id).id == adapter.id  # still there, still valid
+
+
 # -- crash safety ---------------------------------------------------------------------------------
 class SimulatedCrash(OSError):
     pass
