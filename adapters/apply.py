@@ -48,3 +48,15 @@ def apply_grouped(
         idx = np.asarray(rows)
         out[idx] = x[idx] if a is None else a.apply(x[idx])
     return out
+
+
+def check_finite_output(adapter: Adapter) -> None:
+    """Apply `adapter` once to a unit row; ValueError when its output is not finite.
+
+    Finite tensors can still overflow together; this catches it before a request does, and
+    the adapter's first matmul (allocation, kernel choice) happens here rather than in one.
+    """
+    in_dim = adapter.manifest.in_dim
+    out = adapter.apply(np.full((1, in_dim), in_dim**-0.5, dtype=np.float32))
+    if not np.all(np.isfinite(out)):
+        raise ValueError("its output is not finite")

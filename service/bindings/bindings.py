@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapters import Adapter, CheckpointError
+from adapters.apply import check_finite_output
 from adapters.compat import compatibility_problems
 from adapters.store import AdapterStore, BindingEvent
 from encoders import Encoder
@@ -21,7 +22,6 @@ from service.bindings.adapter_cache import AdapterCache
 from service.bindings.tenants import Tenant, TenantRegistry
 from service.engine.embedding import ActiveAdapter
 from service.engine.errors import ServiceError
-from service.engine.warmup import warm_adapter_apply
 from service.ops.metrics import Metrics
 from service.ops.settings import Settings
 from service.search.qdrant_gateway import CollectionNotFound, QdrantGateway
@@ -116,8 +116,8 @@ class TenantBindings:
             return f"cannot be loaded: {e}"
         problems = compatibility_problems(adapter, self.query_encoder, self.document_encoder)
         if not problems:
-            try:  # its first matmul here, before it serves a request (service/engine/warmup.py)
-                warm_adapter_apply(adapter.apply, adapter.manifest.in_dim)
+            try:  # its first matmul here, before it serves a request
+                check_finite_output(adapter)
             except (ValueError, FloatingPointError) as e:
                 problems.append(f"fails to apply: {e}")
         return "; ".join(problems) or None
