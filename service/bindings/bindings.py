@@ -4,6 +4,10 @@ Per-tenant bindings are one dict replaced wholesale on change, so the request pa
 does a pointer read, and a request uses the adapter version it read first. Adapter tensors
 live in an LRU cache under a byte budget. A binding whose adapter does not load or fit is not
 served: the tenant keeps what it had, else its last good binding, else the document encoder.
+
+No adapter is loaded on the event loop: `sync` loads a binding's adapter (in the worker thread
+it runs in) before swapping the binding in, and a request whose adapter was evicted since
+awaits one single-flight load in a worker thread (`resolve_adapter`, adapter_cache.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from anyio import to_thread
+
 from adapters import Adapter, CheckpointError
 from adapters.apply import check_finite_output
 from adapters.compat import compatibility_problems
@@ -20,7 +26,7 @@ from adapters.store import AdapterStore, BindingEvent
 from encoders import Encoder
 from service.bindings.adapter_cache import AdapterCache
 from service.bindings.tenants import Tenant, TenantRegistry
-from service.engine.embedding import ActiveAdapter
+from service.engine.embedding import ActiveAdapter, EmbedItem
 from service.engine.errors import ServiceError
 from service.ops.metrics import Metrics
 from service.ops.settings import Settings
@@ -183,12 +189,40 @@ class TenantBindings:
     def binding(self, tenant: str) -> ServedBinding | None:
         return self._bindings.get(tenant)
 
+    async def resolve_adapter(self, item: EmbedItem) -> EmbedItem:
+        """`item` with the adapter its rows go through, read once here, for `prepare`.
+
+        For the event loop: a query item without an explicit adapter gets its tenant's
+        (`adapter`), or none at all (`baseline`), so `prepare` never reads the binding (and
+        never loads an adapter) itself.
+        """
+        if item.kind == "query" and item.adapter is None and not item.baseline:
+            item.adapter = await self.active_adapter_async(item.tenant)
+            item.baseline = item.adapter is None
+        return item
+
+    async def active_adapter_async(self, tenant: str) -> ActiveAdapter | None:
+        """`active_adapter` for the event loop: a resident adapter at once; an evicted one is
+        loaded in a worker thread (one load however many requests miss it) and awaited."""
+        bound = self._bindings.get(tenant)
+        if bound is None or bound.adapter_id is None:
+            return None
+        hit = self.adapters.peek(bound.adapter_id)
+        if hit is not None:
+            return ActiveAdapter(hit, bound.version)
+        try:
+            return ActiveAdapter(await self.adapters.get_async(bound.adapter_id), bound.version)
+        except (KeyError, CheckpointError, OSError):
+            # it no longer loads: demotion reads the store and loads the fallback, off the loop
+            return await to_thread.run_sync(self.active_adapter, tenant)
+
     def active_adapter(self, tenant: str) -> ActiveAdapter | None:
         """The tenant's adapter as of now: one dict read, then the resident tensors.
 
-        An adapter that fails to reload (evicted, then damaged or removed on disk) is never
-        served: the tenant falls back as in `sync` (its previous binding, else the document
-        encoder) and the request is answered with that.
+        Blocks while an evicted adapter reloads: worker threads only (the event loop uses
+        `active_adapter_async`). An adapter that fails to reload (evicted, then damaged or
+        removed on disk) is never served: the tenant falls back as in `sync` (its previous
+        binding, else the document encoder) and the request is answered with that.
         """
         bound = self._bindings.get(tenant)
         for _ in range(3):  # a fallback can itself be evicted and damaged meanwhile

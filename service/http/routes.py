@@ -133,6 +133,7 @@ async def _embed(
     runtime.metrics.tenant_requests.labels(tenant.name, endpoint).inc()
     item = EmbedItem(tenant.name, texts, kind, instruction, truncate)  # type: ignore[arg-type]
     if sum(len(t) for t in texts) <= _INLINE_CHARS:
+        item = await runtime.resolve_adapter(item)  # an evicted adapter loads off the loop
         prep = runtime.prepare(item)  # cheap; cache hits are answered even when overloaded
     else:
         batcher.check_admission()  # overloaded: a fast 429 before tokenising much text
