@@ -22,7 +22,14 @@ from adapters.store import AdapterStore
 from encoders import Encoder, EncoderSpec
 from encoders.engine_errors import EncoderTimeout
 from encoders.vllm_backend import VLLMEncoder
-from tests.conftest import fake_encoder, make_linear, querylift_settings, server_env
+from tests.conftest import (
+    ADMIN,
+    admin_headers,
+    fake_encoder,
+    make_linear,
+    querylift_settings,
+    server_env,
+)
 from tests.engine.conftest import ENGINE_READY_S, engine_spec
 from tests.live import ServerProcess, kill, serve_processes
 
@@ -81,6 +88,7 @@ def start_server(
                 query_encoder__dtype="float32",
                 query_encoder__timeout_s=REQUEST_TIMEOUT_S,
                 adapter_store=store.root,
+                admin_token=ADMIN,  # /readyz says why only to the admin
                 qdrant_path=tmp_path / "qdrant",
                 log_format="text",
                 shutdown_grace_s=5,
@@ -146,6 +154,9 @@ def test_killing_the_engine_core_under_load_gives_503s_and_readyz_says_why(
     assert after and all(o[2] == 503 for o in after), after[:5]
 
     ready = httpx.get(f"{server.url}/readyz", timeout=5)
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["encoders"] == "failing"  # the open answer: a state
+    ready = httpx.get(f"{server.url}/readyz", headers=admin_headers(), timeout=5)
     assert ready.status_code == 503
     why = ready.json()["checks"]["encoders"]
     assert why.startswith("not ready: tiny-qwen3-engine (") and "dead" in why.lower(), why
