@@ -17,7 +17,8 @@ identity of the weights:
 
 The folder's path is left out: the same model at two mount points shares its caches. The
 digest is computed once per folder state in a process (keyed by the files' sizes and
-modification times, one `stat` each), so asking again is cheap and a change is seen.
+modification times, one `stat` each), so asking again is cheap and a change is seen. The
+backends ask once when they load, so no request (on the event loop) reads the headers.
 """
 
 from __future__ import annotations

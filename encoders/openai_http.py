@@ -124,6 +124,7 @@ class OpenAIHTTPEncoder(EncoderBase):
         self.backoff_cap_s = backoff_cap_s
 
         self.tokenizer = AutoTokenizer.from_pretrained(spec.path, revision=spec.revision)
+        spec.fingerprint()  # the weights' identity read now, at load, not on a first request
         model_max = getattr(self.tokenizer, "model_max_length", None)
         self._max_tokens = spec.max_tokens
         if isinstance(model_max, int) and 0 < model_max < _UNSET_MODEL_MAX:

@@ -46,6 +46,7 @@ class TransformersEncoder(EncoderBase):
             spec.path, revision=spec.revision, dtype=self._dtype
         ).to(self._device)
         self.model.eval()
+        spec.fingerprint()  # the weights' identity read now, at load, not on a first request
         hidden = getattr(self.model.config, "hidden_size", None)
         if not isinstance(hidden, int):
             raise ValueError(f"{spec.path}: model config has no integer hidden_size")

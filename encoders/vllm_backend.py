@@ -77,6 +77,7 @@ class VLLMEncoder(EncoderBase):
         if isinstance(model_max, int):
             limits.append(model_max)
         self._max_tokens = min(limits)
+        spec.fingerprint()  # the weights' identity read now, at load, not on a first request
         self._pooling_params = pooling_params or vllm_pooling_params
         self.engine_build = installed_vllm_build()
         self.dtype = resolve_dtype(spec)

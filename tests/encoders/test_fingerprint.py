@@ -208,6 +208,13 @@ def test_computed_once_per_folder_state(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(digests) == 2
 
 
+def test_an_encoder_reads_it_when_it_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first request (on the event loop) finds it computed: one stat a file, no read."""
+    encoder = build_encoder(spec_at(build_tiny_bert(tmp_path / "bert")))
+    monkeypatch.setattr(fp, "_digest", lambda files: pytest.fail("read again"))
+    assert len(encoder.spec.fingerprint()) == 16
+
+
 # ---------------------------------------------------------------- acceptance: every cache misses
 
 
