@@ -182,8 +182,16 @@ def remote_client(
     adapters_bound: dict[str, str],
     fake_qdrant: FakeQdrant,
 ) -> Iterator[TestClient]:
-    """The service with QUERYLIFT_QDRANT_URL pointing at the fake (its own gateway)."""
-    s = settings.model_copy(update={"qdrant_url": fake_qdrant.url, "qdrant_timeout_s": TIMEOUT_S})
+    """The service with QUERYLIFT_QDRANT_URL pointing at the fake (its own gateway), the admin
+    token for /readyz's detail, and no readiness cache: each probe sees Qdrant as it is now."""
+    s = settings.model_copy(
+        update={
+            "qdrant_url": fake_qdrant.url,
+            "qdrant_timeout_s": TIMEOUT_S,
+            "admin_token": SecretStr(ADMIN),
+            "readiness_cache_s": 0.0,
+        }
+    )
     app = create_app(s, query_encoder=query_encoder, document_encoder=document_encoder)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
@@ -223,6 +231,9 @@ def test_qdrant_unreachable_then_back_without_restart(
     assert embed(c).status_code == 200  # embedding does not need Qdrant
     ready = c.get("/readyz")
     assert ready.status_code == 503
+    assert ready.json()["checks"]["qdrant"] == "unreachable"  # the open answer: a state
+    ready = c.get("/readyz", headers=admin_headers())
+    assert ready.status_code == 503
     assert ready.json()["checks"]["qdrant"].startswith("unreachable: ConnectError")
     assert ready.json()["checks"]["encoders"] == "ok"
 
@@ -261,9 +272,12 @@ def test_qdrant_hanging_times_out_and_recovers(
     assert "QdrantTimeout" in err["message"]
     assert TIMEOUT_S * 0.9 <= took < TIMEOUT_S + SLACK_S  # the timeout, not a hang
 
-    ready, took = timed(lambda: c.get("/readyz"))
+    ready, took = timed(lambda: c.get("/readyz", headers=admin_headers()))
     assert ready.status_code == 503 and took < TIMEOUT_S + SLACK_S
     assert ready.json()["checks"]["qdrant"].startswith("timeout: no answer within 1 s")
+    ready, took = timed(lambda: c.get("/readyz"))
+    assert ready.status_code == 503 and took < TIMEOUT_S + SLACK_S
+    assert ready.json()["checks"]["qdrant"] == "timeout"
 
     fake_qdrant.mode = "ok"
     assert c.get("/readyz").status_code == 200
@@ -290,9 +304,10 @@ def test_slow_qdrant_within_the_timeout_is_fine_and_5xx_is_503(
     fake_qdrant.mode = "error"
     err = assert_error(search(remote_client), 503, "search_unavailable")
     assert "QdrantUnavailable" in err["message"]
-    ready = remote_client.get("/readyz")
+    ready = remote_client.get("/readyz", headers=admin_headers())
     assert ready.status_code == 503
     assert ready.json()["checks"]["qdrant"] == "error: HTTP 503 (get_collections)"
+    assert remote_client.get("/readyz").json()["checks"]["qdrant"] == "error"
     fake_qdrant.mode = "ok"
     assert_search_ok(remote_client)
 
@@ -339,7 +354,7 @@ def test_readyz_is_bounded_even_when_the_ping_itself_hangs(
             return getattr(self.inner, name)
 
     stuck = StuckPing(gateway)
-    s = settings.model_copy(update={"qdrant_timeout_s": 0.5})
+    s = settings.model_copy(update={"qdrant_timeout_s": 0.5, "admin_token": SecretStr(ADMIN)})
     app = create_app(
         s,
         query_encoder=query_encoder,
@@ -348,9 +363,12 @@ def test_readyz_is_bounded_even_when_the_ping_itself_hangs(
     )
     try:
         with TestClient(app, raise_server_exceptions=False) as c:
-            r, took = timed(lambda: c.get("/readyz"))
+            r, took = timed(lambda: c.get("/readyz", headers=admin_headers()))
             assert r.status_code == 503 and took < 1.5 + SLACK_S
             assert r.json()["checks"]["qdrant"] == "timeout: no answer within 1.5 s"
+            r, took = timed(lambda: c.get("/readyz"))  # the snapshot held: no second wait
+            assert r.status_code == 503 and took < 1.5 + SLACK_S
+            assert r.json()["checks"]["qdrant"] == "timeout"
             assert embed(c).status_code == 200
     finally:
         stuck.release.set()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from adapters.store import AdapterStore
 from encoders import Encoder
@@ -16,7 +17,7 @@ from service.app import create_app
 from service.engine.warmup import LENGTHS
 from service.ops.settings import Settings
 from service.search.qdrant_gateway import QdrantGateway
-from tests.conftest import MODELS, auth, make_linear, needs_embedded_models
+from tests.conftest import ADMIN, MODELS, admin_headers, auth, make_linear, needs_embedded_models
 
 
 class Spy:
@@ -93,10 +94,12 @@ def test_an_engine_that_starts_later_is_warmed_before_ready(
     q, _ = spies
     q.starting = True  # type: ignore[attr-defined]
     q.hold.clear()
-    with TestClient(_app(settings, spies, gateway)) as client:
+    with TestClient(_app(settings, spies, gateway, admin_token=SecretStr(ADMIN))) as client:
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["checks"]["warmup"] == "running", r.text
-        assert r.json()["checks"]["encoders"].startswith("not ready")
+        assert r.json()["checks"]["encoders"] == "starting"
+        r = client.get("/readyz", headers=admin_headers())  # the operator's detail
+        assert r.json()["checks"]["encoders"].startswith("not ready: tiny-qwen3 (starting)")
         q.starting = False  # type: ignore[attr-defined]
         time.sleep(0.5)  # up, but its warm-up pass is held
         r = client.get("/readyz")
@@ -110,9 +113,11 @@ def test_an_engine_that_starts_later_is_warmed_before_ready(
         assert _ready(client)["status"] == "ready"
         assert q.calls
     q.fail = RuntimeError("boom")
-    with TestClient(_app(settings, spies, gateway)) as client:
+    with TestClient(_app(settings, spies, gateway, admin_token=SecretStr(ADMIN))) as client:
         body = _ready(client, timeout_s=2)
         assert body["status"] == "not_ready"
+        assert body["checks"]["warmup"] == "failing", body
+        body = client.get("/readyz", headers=admin_headers()).json()
         assert body["checks"]["warmup"] == "failed: RuntimeError: boom", body
 
 

@@ -21,10 +21,18 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from encoders import EncoderSpec
 from service.ops.shutdown import cutoff_s
-from tests.conftest import assert_error, auth, querylift_settings, server_env
+from tests.conftest import (
+    ADMIN,
+    admin_headers,
+    assert_error,
+    auth,
+    querylift_settings,
+    server_env,
+)
 from tests.live import ServerProcess as Server
 from tests.live import serve_processes
 
@@ -38,7 +46,10 @@ def assert_shutting_down(r: httpx.Response | Any) -> None:
 
 
 # -- the drain flag in-process ------------------------------------------------------------------
-def test_draining_refuses_new_work_but_answers_health_and_metrics(client: TestClient) -> None:
+def test_draining_refuses_new_work_but_answers_health_and_metrics(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(admin_token=SecretStr(ADMIN))
     assert client.post("/embed", json={"input": TEXTS}, headers=auth("acme")).status_code == 200
     client.app.state.drain.begin()
     for path, body in (("/embed", {"input": TEXTS}), ("/search", {"query": "malaria"})):
@@ -47,6 +58,9 @@ def test_draining_refuses_new_work_but_answers_health_and_metrics(client: TestCl
         assert r.headers["connection"] == "close" and r.headers["retry-after"] == "1"
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["shutdown"] == "draining"
+    ready = client.get("/readyz", headers=admin_headers())  # the operator's detail
     assert ready.status_code == 503
     assert ready.json()["checks"]["shutdown"].startswith("in progress")
     assert client.get("/metrics").status_code == 200

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from qdrant_client import QdrantClient, models
 from typer.testing import CliRunner
 
@@ -23,7 +24,7 @@ from service.app import create_app
 from service.ops.settings import Settings
 from service.search.qdrant_gateway import QdrantGateway
 from service.search.targets import SearchTarget
-from tests.conftest import DOCS, auth, write_tenants
+from tests.conftest import ADMIN, DOCS, admin_headers, auth, write_tenants
 
 TEXTS = [d.text for d in DOCS] + [
     "globex secret malaria mosquito plan",
@@ -55,7 +56,8 @@ def serve_on(
     qpath: Path, tmp_path: Path, query_encoder: Encoder, document_encoder: Encoder
 ) -> Iterator[Callable[..., TestClient]]:
     """An app over the local Qdrant folder `qpath` (dev mode unless a tenants file is given),
-    with settings overrides; each app's gateway is closed before the next opens the folder."""
+    with settings overrides and the admin token (for /readyz's detail); each app's gateway is
+    closed before the next opens the folder."""
     opened: list[tuple[TestClient, QdrantGateway]] = []
 
     def start(**update: Any) -> TestClient:
@@ -67,7 +69,7 @@ def serve_on(
         settings = Settings(
             adapter_store=tmp_path / "adapters",
             qdrant_path=qpath,
-            **update,
+            **{"admin_token": SecretStr(ADMIN), **update},
         )
         app = create_app(
             settings, query_encoder=query_encoder, document_encoder=document_encoder, gateway=gw
@@ -109,7 +111,11 @@ def search(client: TestClient, headers: dict[str, str] | None = None, **body: An
 
 
 def assert_not_ready(client: TestClient, *needles: str) -> str:
+    """/readyz is 503 on the search targets; the admin's detail says each of `needles`."""
     r = client.get("/readyz")
+    assert r.status_code == 503, r.text
+    assert r.json()["checks"]["search_targets"] == "failing", r.text  # the open answer
+    r = client.get("/readyz", headers=admin_headers())
     assert r.status_code == 503, r.text
     why = r.json()["checks"]["search_targets"]
     for needle in needles:
@@ -496,6 +502,8 @@ def test_a_tenant_with_no_documents_yet_gets_an_empty_answer_that_says_why(
     client = serve_on(tenants_file=path)
     ready = client.get("/readyz")
     assert ready.status_code == 200  # acme's documents are there: the field is right
+    assert "warnings" not in ready.json()  # the open answer names no tenant
+    ready = client.get("/readyz", headers=admin_headers())
     assert ready.json()["warnings"] == [
         "tenant 'initech': collection 'shared', unnamed vector, org == 'initech': "
         "no point has payload org == 'initech' yet"

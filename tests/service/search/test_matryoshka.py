@@ -4,7 +4,8 @@ A collection may hold the first N values of the document model's vectors, renorm
 (`querylift index --dim N` records N in its metadata; a collection made by other code is
 declared with the tenant's `dim` or QUERYLIFT_VECTOR_DIM). Every vector served to such a
 tenant, adapted, the document encoder's own or a document's, is that prefix, renormalised; a
-tenant of a full-size collection keeps full vectors, from the same raw-vector cache.
+tenant of a full-size collection keeps full vectors. The raw-vector cache keeps rows whole (in
+each tenant's own partition): the cut comes after it.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from pydantic import SecretStr
 from qdrant_client import QdrantClient, models
 from typer.testing import CliRunner
 
+from adapters.store import AdapterStore
 from encoders import Encoder
 from encoders.matryoshka import truncate
 from querylift.indexing import collection_metadata, index_documents, point_id
 from service.app import create_app
 from service.ops.settings import Settings
 from service.search.qdrant_gateway import QdrantGateway
-from tests.conftest import DOCS, auth, index_docs, make_linear, write_tenants
+from tests.conftest import ADMIN, DOCS, admin_headers, auth, index_docs, make_linear, write_tenants
 from training.data import Document
 
 GLOBEX_DOCS = [
@@ -48,9 +50,25 @@ def vectors(r: Any) -> np.ndarray:
     return np.asarray([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
 
 
+# the admin token, so /readyz's detail (reasons and warnings in words) can be read
+WITH_ADMIN: dict[str, Any] = {"admin_token": SecretStr(ADMIN)}
+
+
+def readyz_detail(client: TestClient, status: int) -> dict[str, Any]:
+    """/readyz as the operator reads it (the admin token); the open answer has the same status
+    and only the search targets' state."""
+    open_answer = client.get("/readyz")
+    assert open_answer.status_code == status, open_answer.text
+    state = open_answer.json()["checks"]["search_targets"]
+    assert state == ("ok" if status == 200 else "failing"), open_answer.text
+    r = client.get("/readyz", headers=admin_headers())
+    assert r.status_code == status, r.text
+    return dict(r.json())
+
+
 def targets_check(client: TestClient) -> str:
     """/readyz's verdict on the search targets ("ok", or every problem in words)."""
-    return str(client.get("/readyz").json()["checks"]["search_targets"])
+    return str(client.get("/readyz", headers=admin_headers()).json()["checks"]["search_targets"])
 
 
 def prefix_of(document_encoder: Encoder) -> int:
@@ -214,7 +232,7 @@ def mixed(
             {"name": "initech", "collection": "small"},
         ],
     )
-    return make_client(tenants_file=path)
+    return make_client(tenants_file=path, **WITH_ADMIN)
 
 
 def reference(
@@ -305,22 +323,41 @@ def test_search_on_a_prefix_collection_is_a_direct_query_with_the_cut_vector(
             assert r.status_code == 200 and r.json()["results"] == [], r.text
 
 
-def test_one_raw_vector_cache_serves_full_and_prefix_tenants(
-    mixed: TestClient, document_encoder: Encoder
+def test_the_raw_vector_cache_is_cut_after_and_kept_per_tenant(
+    tmp_path: Path,
+    gateway: QdrantGateway,
+    document_encoder: Encoder,
+    store: AdapterStore,
+    adapters_bound: dict[str, str],
+    make_client: Callable[..., TestClient],
 ) -> None:
-    """globex (prefix) and acme (full) both start from the query encoder's raw vector: the
-    cache keeps it whole, so the row one tenant cached serves the other at its own size."""
+    """acme (full size) and globex (a prefix) with the same adapter: each starts from the query
+    encoder's raw vector in its own cache partition, kept whole, so globex's repeat is a hit and
+    is the cut of acme's vector for the same text, though each computed it through its own
+    miss (one tenant never hits another's entry)."""
     n = prefix_of(document_encoder)
+    index_docs(gateway, document_encoder, "globex", GLOBEX_DOCS, "small", dim=n)
+    store.activate("globex", adapters_bound["acme"])
+    path = write_tenants(
+        tmp_path / "t.json",
+        [{"name": "acme", "collection": "docs"}, {"name": "globex", "collection": "small"}],
+    )
+    client = make_client(tenants_file=path)
     text = "a question nobody asked before"
-    first = mixed.post("/embed", json={"input": text}, headers=auth("globex"))
-    assert first.headers["x-query-cache"] == "miss"
-    assert vectors(first).shape == (1, n)
-    acme = mixed.post("/embed", json={"input": text}, headers=auth("acme"))
-    assert acme.headers["x-query-cache"] == "hit"  # the cached row is whole
-    assert vectors(acme).shape == (1, document_encoder.dim)
-    again = mixed.post("/embed", json={"input": text}, headers=auth("globex"))
-    assert again.headers["x-query-cache"] == "hit"
-    np.testing.assert_array_equal(vectors(again), vectors(first))
+
+    def embed(tenant: str, cache: str) -> np.ndarray:
+        r = client.post("/embed", json={"input": text}, headers=auth(tenant))
+        assert r.headers["x-query-cache"] == cache, tenant
+        return vectors(r)
+
+    first = embed("globex", "miss")
+    assert first.shape == (1, n)
+    acme = embed("acme", "miss")  # its own partition: globex's entry is not its to hit
+    assert acme.shape == (1, document_encoder.dim)
+    np.testing.assert_array_equal(embed("acme", "hit"), acme)
+    again = embed("globex", "hit")  # the cached row is whole: adapted, then cut
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_allclose(again, truncate(acme, n), atol=1e-6)
 
 
 def test_the_fallback_is_cut_too(
@@ -414,23 +451,21 @@ def test_a_smaller_foreign_collection_needs_its_dim_declared(
     full = document_encoder.encode([d.text for d in DOCS], "document").vectors
     foreign(gateway, "own", truncate(full, n))
     undeclared = write_tenants(tmp_path / "a.json", [{"name": "acme", "collection": "own"}])
-    client = make_client(tenants_file=undeclared)
-    r = client.get("/readyz")
-    assert r.status_code == 503, r.text
-    why = r.json()["checks"]["search_targets"]
+    client = make_client(tenants_file=undeclared, **WITH_ADMIN)
+    why = readyz_detail(client, 503)["checks"]["search_targets"]
     assert f"its vectors are {n}-d; the served vectors are {document_encoder.dim}-d" in why
     assert f"`dim: {n}`" in why and "tenants file" in why, why
     s = client.post("/search", json={"query": TEXTS[0]}, headers=auth("acme"))
     assert s.status_code == 409 and f"`dim: {n}`" in s.json()["error"]["message"], s.text
     # declared in the tenants file: served at that size
     declared = write_tenants(tmp_path / "b.json", [{"name": "acme", "collection": "own", "dim": n}])
-    client = make_client(tenants_file=declared)
+    client = make_client(tenants_file=declared, **WITH_ADMIN)
     assert targets_check(client) == "ok"
     vec = vectors(client.post("/embed", json={"input": TEXTS[0]}, headers=auth("acme")))[0]
     assert vec.shape == (n,)
     assert_search_is_direct(client, gateway, "acme", "own", vec)
     # or for every tenant at once: QUERYLIFT_VECTOR_DIM
-    client = make_client(tenants_file=undeclared, vector_dim=n)
+    client = make_client(tenants_file=undeclared, vector_dim=n, **WITH_ADMIN)
     assert targets_check(client) == "ok"
     assert vectors(client.post("/embed", json={"input": "x"}, headers=auth("acme"))).shape == (
         1,
@@ -450,10 +485,8 @@ def test_a_larger_collection_or_a_too_large_dim_stays_a_problem(
     big = np.concatenate([full, full], axis=1) / np.sqrt(2)
     foreign(gateway, "big", big)
     path = write_tenants(tmp_path / "a.json", [{"name": "acme", "collection": "big"}])
-    client = make_client(tenants_file=path)
-    r = client.get("/readyz")
-    assert r.status_code == 503
-    why = r.json()["checks"]["search_targets"]
+    client = make_client(tenants_file=path, **WITH_ADMIN)
+    why = readyz_detail(client, 503)["checks"]["search_targets"]
     assert f"its vectors are {2 * full.shape[1]}-d" in why and "dim:" not in why, why
     # a declared prefix larger than the vector: refused at start
     path = write_tenants(
@@ -482,10 +515,8 @@ def test_a_declared_dim_must_match_the_collection(
     path = write_tenants(
         tmp_path / "a.json", [{"name": "acme", "collection": "small", "dim": n // 2}]
     )
-    client = make_client(tenants_file=path)
-    r = client.get("/readyz")
-    assert r.status_code == 503
-    why = r.json()["checks"]["search_targets"]
+    client = make_client(tenants_file=path, **WITH_ADMIN)
+    why = readyz_detail(client, 503)["checks"]["search_targets"]
     assert f"its vectors are {n}-d; the served vectors are {n // 2}-d (the declared dim)" in why
     assert f"dim {n // 2}" in why  # the target's description names it
 
@@ -500,8 +531,8 @@ def test_a_collection_indexed_at_a_prefix_while_serving(
     /search after it learns the size, and every vector from then on is the prefix."""
     n = prefix_of(document_encoder)
     path = write_tenants(tmp_path / "a.json", [{"name": "globex", "collection": "late"}])
-    client = make_client(tenants_file=path)
-    ready = client.get("/readyz").json()
+    client = make_client(tenants_file=path, **WITH_ADMIN)
+    ready = readyz_detail(client, 200)
     assert ready["checks"]["search_targets"] == "ok"
     assert "does not exist yet" in " ".join(ready["warnings"])
     before = vectors(client.post("/embed", json={"input": TEXTS[0]}, headers=auth("globex")))[0]
