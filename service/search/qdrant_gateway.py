@@ -53,7 +53,7 @@ class QdrantFolderInUse(RuntimeError):
 
 
 class QdrantUnavailable(RuntimeError):
-    """Qdrant did not answer usefully; `reason` is the one line /readyz shows."""
+    """Qdrant did not answer usefully; `reason` is the one line /readyz shows the admin."""
 
     kind: ClassVar[str] = "error"
 
@@ -230,7 +230,7 @@ class QdrantGateway:
         """The last successful lookup of `name`, without calling Qdrant (None: never seen).
 
         The request path reads a collection's recorded vector size here: /embed must not
-        wait on Qdrant, and start-up, every /readyz probe and /search refresh it."""
+        wait on Qdrant, and start-up, /readyz's snapshot refresh and /search refresh it."""
         return self._info.get(name)
 
     def ensure_collection(
@@ -360,7 +360,8 @@ class QdrantGateway:
         """Can each target serve the document encoder's `dim`-d vectors (or the prefix its
         tenant declares, or its collection records)? Every reason one cannot, in words, judged
         together (`settle`). Tenants sharing a collection share its lookup and its count:
-        /readyz runs this on every probe, whatever the number of tenants."""
+        /readyz's snapshot runs this once per refresh (service/search/readiness.py), whatever
+        the number of tenants."""
         looked_up: dict[str, CollectionInfo | Exception] = {}
         totals: dict[str, int] = {}
         found = []

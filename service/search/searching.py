@@ -26,7 +26,7 @@ class Searching:
     def served_dim(self, tenant: str) -> int:
         """Size of the vectors `tenant` is served: its declared prefix, else the one its
         collection records (as last looked up: never a Qdrant call here, so /embed works while
-        Qdrant is down; start-up, every /readyz probe and /search refresh it), else the
+        Qdrant is down; start-up, /readyz's snapshot refresh and /search refresh it), else the
         document encoder's full size."""
         full = self.document_encoder.dim
         target = self.targets.get(tenant)
