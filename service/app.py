@@ -100,6 +100,8 @@ def create_app(
         from service.bindings.replica_sync import ReplicaSync
 
         start = time.perf_counter()
+        # on the loop on purpose: nothing is served yet, and an engine (vLLM) may need the main
+        # thread while it starts
         runtime = build_runtime(settings, metrics, query_encoder, document_encoder, gateway)
         app.state.runtime = runtime
         # all of the app's state, built here: the query logs (recorded by the hot routes,

@@ -26,6 +26,7 @@ from service.admin.audit import Action
 from service.admin.context import (
     Admin,
     AdminDep,
+    adapter_not_found,
     binding_ref,
     event_json,
     known_tenant,
@@ -321,7 +322,21 @@ def _swap(
     with store_write(
         admin, action, tenant=tenant.name, adapter_id=adapter_id, before=previous, after=previous
     ):
-        binding = runtime.store.activate(tenant.name, adapter_id, actor=admin.actor)
+        try:  # checked again under the store's lock: another replica may have deleted it
+            binding = runtime.store.activate(tenant.name, adapter_id, actor=admin.actor)
+        except KeyError:
+            assert adapter_id is not None
+            reason = f"adapter {adapter_id} was deleted before it could be bound"
+            admin.record(
+                action,
+                tenant=tenant.name,
+                adapter_id=adapter_id,
+                before=previous,
+                after=previous,
+                outcome="refused",
+                reasons=[reason],
+            )
+            raise adapter_not_found(adapter_id) from None
     assert binding.active is not None
     if gate.report is not None:
         record = _record(admin, tenant, gate.report, gate.label_free, gate.forced, activated=True)

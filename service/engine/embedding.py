@@ -36,9 +36,10 @@ class EmbedItem:
     kind: InputKind
     instruction: str | None = None
     truncate: bool = False
-    # Admin-side evaluations (quality gate, shadow traffic) embed with an adapter that is not
-    # the tenant's active one: `adapter` replaces it; `baseline=True` means no adapter at all
-    # (the document encoder's own query vectors). Never set from a client request.
+    # The adapter the rows go through, when already decided: the routes resolve the tenant's
+    # own off the event loop (`Runtime.resolve_adapter`: an evicted adapter reloads in a
+    # thread), and evaluations (quality gate, shadow) name a candidate; `baseline=True` means
+    # no adapter at all (the document encoder's own query vectors). Never from a client body.
     adapter: ActiveAdapter | None = None
     baseline: bool = False
 

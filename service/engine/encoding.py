@@ -114,8 +114,8 @@ class Encoding:
         """Admission: resolve the adapter, tokenise once, check limits, look up the cache.
 
         Runs on the request path (before queueing) so limits answer at once and the batcher
-        cuts batches by real token counts. Each request reads its tenant's adapter once here,
-        so all its rows use one adapter version.
+        cuts batches by real token counts. Each request's adapter is read once (here, or by
+        `resolve_adapter` before it on the event loop), so all its rows use one version.
         """
         t0 = time.perf_counter()
         if item.kind != "query" or item.baseline:

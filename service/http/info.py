@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
+from anyio import to_thread
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
@@ -152,4 +153,6 @@ async def get_info(request: Request) -> InfoResponse:
         raise APIError(
             401, "unauthorized", "unknown API key", headers={"WWW-Authenticate": "Bearer"}
         )
-    return info(runtime, tenant)
+    # the tenant's adapter is read in a thread: an evicted one reloads from the store, never on
+    # the event loop
+    return await to_thread.run_sync(info, runtime, tenant)
