@@ -1,5 +1,5 @@
-"""Shadow evaluation (service/evaluation/shadow.py): overlap@10 of a candidate adapter on live /search
-traffic, measured in the background without changing any answer."""
+"""Shadow evaluation (service/evaluation/shadow.py): overlap@10 of a candidate adapter on live
+/search traffic, measured in the background without changing any answer."""
 
 from __future__ import annotations
 
