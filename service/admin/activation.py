@@ -26,7 +26,6 @@ from service.admin.audit import Action
 from service.admin.context import (
     Admin,
     AdminDep,
-    adapter_not_found,
     binding_ref,
     event_json,
     known_tenant,
@@ -325,18 +324,11 @@ def _swap(
         try:  # checked again under the store's lock: another replica may have deleted it
             binding = runtime.store.activate(tenant.name, adapter_id, actor=admin.actor)
         except KeyError:
-            assert adapter_id is not None
             reason = f"adapter {adapter_id} was deleted before it could be bound"
-            admin.record(
-                action,
-                tenant=tenant.name,
-                adapter_id=adapter_id,
-                before=previous,
-                after=previous,
-                outcome="refused",
-                reasons=[reason],
-            )
-            raise adapter_not_found(adapter_id) from None
+            raise _refuse(
+                admin, action, tenant, adapter_id, previous, 404, "adapter_not_found", [reason],
+                validation_failure=False,
+            ) from None  # fmt: skip
     assert binding.active is not None
     if gate.report is not None:
         record = _record(admin, tenant, gate.report, gate.label_free, gate.forced, activated=True)

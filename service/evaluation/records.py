@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -23,6 +23,8 @@ from adapters.names import is_safe_name
 from service.evaluation.sets import QuerySet, ValidationSet
 
 log = logging.getLogger(__name__)
+
+_Set = TypeVar("_Set", QuerySet, ValidationSet)
 
 
 class LabelFreeInfo(BaseModel):
@@ -89,37 +91,34 @@ class GateFiles:
     def _queries_path(self, tenant: str) -> Path:
         return self.root / "queries" / f"{self._name(tenant)}.json"
 
-    def save_queries(self, qs: QuerySet) -> None:
-        atomic_write_bytes(self._queries_path(qs.tenant), qs.model_dump_json().encode())
+    @staticmethod
+    def _read(path: Path, model: type[_Set]) -> _Set | None:
+        return model.model_validate_json(path.read_bytes()) if path.is_file() else None
 
-    def queries(self, tenant: str) -> QuerySet | None:
-        path = self._queries_path(tenant)
-        if not path.is_file():
-            return None
-        return QuerySet.model_validate_json(path.read_bytes())
-
-    def delete_queries(self, tenant: str) -> bool:
-        path = self._queries_path(tenant)
+    @staticmethod
+    def _remove(path: Path) -> bool:
         if not path.is_file():
             return False
         path.unlink()
         return True
+
+    def save_queries(self, qs: QuerySet) -> None:
+        atomic_write_bytes(self._queries_path(qs.tenant), qs.model_dump_json().encode())
+
+    def queries(self, tenant: str) -> QuerySet | None:
+        return self._read(self._queries_path(tenant), QuerySet)
+
+    def delete_queries(self, tenant: str) -> bool:
+        return self._remove(self._queries_path(tenant))
 
     def save_validation(self, vs: ValidationSet) -> None:
         atomic_write_bytes(self._validation_path(vs.tenant), vs.model_dump_json().encode())
 
     def validation(self, tenant: str) -> ValidationSet | None:
-        path = self._validation_path(tenant)
-        if not path.is_file():
-            return None
-        return ValidationSet.model_validate_json(path.read_bytes())
+        return self._read(self._validation_path(tenant), ValidationSet)
 
     def delete_validation(self, tenant: str) -> bool:
-        path = self._validation_path(tenant)
-        if not path.is_file():
-            return False
-        path.unlink()
-        return True
+        return self._remove(self._validation_path(tenant))
 
     def save_gate(self, record: GateRecord) -> None:
         path = self._gate_path(record.tenant, record.adapter_id)

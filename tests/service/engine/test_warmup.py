@@ -11,13 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from adapters.store import AdapterStore
 from encoders import Encoder
 from service.app import create_app
 from service.engine.warmup import LENGTHS
 from service.ops.settings import Settings
 from service.search.qdrant_gateway import QdrantGateway
-from tests.conftest import ADMIN, MODELS, admin_headers, auth, make_linear, needs_embedded_models
+from tests.conftest import ADMIN, MODELS, admin_headers, auth, needs_embedded_models
 
 
 class Spy:
@@ -129,30 +128,7 @@ def test_warm_up_off_runs_nothing(
     assert spies[0].calls == [] and spies[1].calls == []
 
 
-def test_an_activated_adapter_is_applied_once_before_it_serves(
-    client: TestClient,
-    store: AdapterStore,
-    query_encoder: Encoder,
-    document_encoder: Encoder,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import service.bindings.bindings
-
-    runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    applied: list[tuple[str, bool]] = []
-    real = service.bindings.bindings.check_finite_output
-
-    def record(adapter: Any) -> None:
-        # not yet what acme is served: the apply comes first
-        applied.append((adapter.id, runtime.binding("acme").adapter_id == adapter.id))
-        real(adapter)
-
-    monkeypatch.setattr(service.bindings.bindings, "check_finite_output", record)
-    new = store.put(*make_linear(query_encoder, document_encoder, 7))
-    store.activate("acme", new.id)
-    assert runtime.sync()
-    assert applied == [(new.id, False)]
-    assert runtime.binding("acme").adapter_id == new.id
+# an adapter's first apply before it serves: tests/service/bindings/test_adapter_loads.py
 
 
 # -- the first request after ready, on the embedded models ---------------------------------------
