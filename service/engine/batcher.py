@@ -18,9 +18,10 @@ batched alone, never split.
 
 Background work (the quality gates, the shadow, the warm-up: service/engine/background.py)
 queues in its own lane: `background(fn)` runs `fn` on the same worker, one small chunk at a
-time, and only when no live request waits and no live batch runs. A live request therefore
-waits behind at most one chunk, and admin work never starts a second OpenMP team or races a
-live batch for the encoder.
+time, and only when no live request waits and no live batch runs (or, under traffic that never
+leaves the worker idle, once a chunk has waited `BACKGROUND_MAX_WAIT_S`, so admin work cannot
+starve). A live request therefore waits behind at most one chunk, and admin work never starts
+a second OpenMP team or races a live batch for the encoder.
 
 Items whose future is already done (the client went away, or its deadline passed) are
 dropped before a batch starts. Backpressure: when `max_queue` texts are already waiting,
@@ -48,6 +49,9 @@ from service.runtime import Runtime
 
 T = TypeVar("T")
 
+# a background chunk waits for an idle worker at most this long, then goes before live work
+BACKGROUND_MAX_WAIT_S = 1.0
+
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +71,7 @@ class _Job:
 
     fn: Callable[[], object]
     future: Future[object]
+    enqueued: float = field(default_factory=time.monotonic)
 
 
 class Batcher:
@@ -319,7 +324,7 @@ class Batcher:
     async def _collect(self) -> list[_Pending] | _Job:
         """The next live batch; a background chunk only when nothing live waits or runs."""
         assert self._wake is not None
-        while not self._queue:
+        while not self._queue or self._background_overdue():
             if self._background and not self._inflight:
                 job = self._background.popleft()
                 self.metrics.background_waiting.set(len(self._background))
@@ -408,6 +413,14 @@ class Batcher:
                 p.future.set_result(r)
         if elapsed is not None:
             self.cost.observe(tokens, elapsed)
+
+    def _background_overdue(self) -> bool:
+        """A chunk that has waited BACKGROUND_MAX_WAIT_S goes before the live queue: under
+        traffic that never leaves the worker idle, admin work still moves (one chunk per
+        period at most, so a live request still waits behind at most one chunk)."""
+        return bool(self._background) and (
+            time.monotonic() - self._background[0].enqueued > BACKGROUND_MAX_WAIT_S
+        )
 
     async def _execute_background(self, job: _Job) -> None:
         assert self._executor is not None

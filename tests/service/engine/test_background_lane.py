@@ -137,3 +137,26 @@ def test_stop_fails_the_waiting_background_chunks(make_app, adapters_bound):
     with pytest.raises(ServiceError, match="shutting down"):
         waiting.result(30)
     assert running.done()
+
+
+def test_a_chunk_waiting_behind_live_work_still_runs(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+):
+    """Live work queued whenever the worker frees up: the chunk still runs (the overdue rule
+    lets it go before the queue once it has waited BACKGROUND_MAX_WAIT_S)."""
+    import service.engine.batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "BACKGROUND_MAX_WAIT_S", 0.2)
+    batcher = client.app.state.batcher  # type: ignore[attr-defined]
+    blocker = block(client, monkeypatch)
+    results: dict = {}
+    threads = [post_in_thread(client, {"input": "live 0"}, "acme", results, 0)]
+    assert blocker.entered.wait(30)
+    job = batcher.background(lambda: "ran")
+    threads.append(post_in_thread(client, {"input": "live 1"}, "globex", results, 1))
+    wait_until(lambda: sample(client, "querylift_queue_depth") == 1)
+    blocker.release.set()  # live work is queued whenever the worker frees up
+    assert job.result(30) == "ran"
+    for t in threads:
+        t.join(30)
+    assert results[0].status_code == results[1].status_code == 200
