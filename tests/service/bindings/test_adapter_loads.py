@@ -156,10 +156,15 @@ def test_a_failed_load_answers_every_waiter_and_is_not_kept(
     assert gated.loads == 2 and adapter_id in cache
 
 
+def gated_cache(store: AdapterStore) -> tuple[GatedStore, AdapterCache]:
+    """A cache over a store whose loads wait for `release`: a load held open on purpose."""
+    gated = GatedStore(store)
+    return gated, AdapterCache(gated, budget_bytes=1 << 30, metrics=Metrics())  # type: ignore[arg-type]
+
+
 def test_thread_and_loop_callers_share_one_load(one_adapter: tuple[AdapterStore, str]) -> None:
     store, adapter_id = one_adapter
-    gated = GatedStore(store)
-    cache = AdapterCache(gated, budget_bytes=1 << 30, metrics=Metrics())  # type: ignore[arg-type]
+    gated, cache = gated_cache(store)
 
     async def scenario() -> tuple[Adapter, Adapter]:
         on_loop = asyncio.ensure_future(cache.get_async(adapter_id))
@@ -177,8 +182,7 @@ def test_a_waiter_that_goes_away_does_not_cancel_the_load(
     one_adapter: tuple[AdapterStore, str],
 ) -> None:
     store, adapter_id = one_adapter
-    gated = GatedStore(store)
-    cache = AdapterCache(gated, budget_bytes=1 << 30, metrics=Metrics())  # type: ignore[arg-type]
+    gated, cache = gated_cache(store)
 
     async def scenario() -> Adapter:
         first = asyncio.ensure_future(cache.get_async(adapter_id))
@@ -197,8 +201,7 @@ def test_an_adapter_discarded_while_it_loads_is_not_kept(
     one_adapter: tuple[AdapterStore, str],
 ) -> None:
     store, adapter_id = one_adapter
-    gated = GatedStore(store)
-    cache = AdapterCache(gated, budget_bytes=1 << 30, metrics=Metrics())  # type: ignore[arg-type]
+    gated, cache = gated_cache(store)
 
     async def scenario() -> Adapter:
         waiter = asyncio.ensure_future(cache.get_async(adapter_id))
