@@ -301,6 +301,38 @@ def index(
     )
 
 
+@app.command("migrate-embedded")
+def migrate_embedded(
+    folder: Annotated[
+        Path | None,
+        typer.Argument(help="The old folder (default: QUERYLIFT_QDRANT_PATH)."),
+    ] = None,
+) -> None:
+    """Copy a folder of the old embedded default (qdrant-client's local mode) into the
+    embedded Qdrant engine, every collection as it is; the old folder is kept beside it."""
+    from querylift.migrate import migrate_folder
+    from service.ops.preflight import targets_of
+    from service.ops.settings import Settings
+    from service.search.backend import FolderRefused
+    from service.search.qdrant_gateway import hnsw_of
+
+    settings = Settings()
+    command_logging(settings.log_level)
+    where = folder or settings.qdrant_path
+    fields = {settings.tenant_field} | {
+        t.tenant_field for t in targets_of(settings).values() if t.tenant_field
+    }
+    try:
+        done = migrate_folder(where, tenant_fields=fields, hnsw=hnsw_of(settings))
+    except (ValueError, FolderRefused) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for m in done:
+        indexed = f", keyword index on {', '.join(m.indexed_fields)}" if m.indexed_fields else ""
+        typer.echo(f"copied {m.collection!r}: {m.points} points{indexed}")
+    typer.echo(f"{where} now holds the embedded engine; the old folder is {where}.local-mode")
+
+
 # registered after index, in the order `querylift --help` lists them
 app.command()(train)
 app.command("eval")(eval_)

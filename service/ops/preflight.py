@@ -138,9 +138,14 @@ def check_store(path: Path) -> Check:
 
 
 def check_qdrant_folder(path: Path) -> Check | None:
-    """An embedded Qdrant folder another process holds (local mode allows one per folder, by
-    an exclusive lock on its `.lock` file: qdrant-client's own rule, tried and released here).
+    """An embedded Qdrant folder that cannot be served: written by the old embedded default
+    (qdrant-client's local mode), or held by another process (one per folder, by an exclusive
+    lock on its `.lock` file, tried and released here; the holder wrote its pid there).
     None where there is nothing to check (no folder yet, no lock file, no flock)."""
+    from service.search.embedded_folder import LegacyFolder, is_legacy
+
+    if is_legacy(path):
+        return Check("FAIL", f"qdrant {path}: {LegacyFolder(path)}")
     lock = path / ".lock"
     try:
         import fcntl
@@ -153,10 +158,11 @@ def check_qdrant_folder(path: Path) -> Check | None:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                holder = f.read().strip() or "another process"
                 return Check(
                     "FAIL",
-                    f"qdrant {path}: the embedded folder is open in another process (a running "
-                    "`querylift serve`?)",
+                    f"qdrant {path}: the embedded folder is held by {holder} (a running "
+                    "`querylift serve` or `querylift index`?)",
                     "stop it, or run Qdrant as a server and set QUERYLIFT_QDRANT_URL",
                 )
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -121,10 +121,39 @@ class Settings(BaseSettings):
 
     qdrant_url: str | None = Field(
         default=None,
-        description="Qdrant server URL; unset = embedded local mode at `QUERYLIFT_QDRANT_PATH`.",
+        description="Qdrant server URL; unset = the embedded engine (Qdrant Edge) in "
+        "`QUERYLIFT_QDRANT_PATH`.",
     )
     qdrant_path: Path = Field(
-        default=Path("var/qdrant"), description="Folder of the embedded (local-mode) Qdrant."
+        default=Path("var/qdrant"),
+        description="Folder of the embedded Qdrant engine (qdrant-edge-py): one shard per "
+        "collection, held by one process at a time.",
+    )
+    qdrant_hnsw_m: int = Field(
+        default=16,
+        ge=4,
+        le=128,
+        description="Embedded engine: HNSW edges per node for collections `querylift index` "
+        "creates (recorded in the folder; a server keeps its own collection settings).",
+    )
+    qdrant_hnsw_ef_construct: int = Field(
+        default=100,
+        ge=4,
+        le=4096,
+        description="Embedded engine: HNSW build candidates for new collections.",
+    )
+    qdrant_hnsw_ef: int = Field(
+        default=128,
+        ge=1,
+        le=65536,
+        description="Embedded engine: HNSW search candidates per query (higher: better "
+        "recall, slower); chosen by measured recall, bench/edge_recall.py.",
+    )
+    qdrant_exact_below_kb: int = Field(
+        default=10_000,
+        ge=0,
+        description="Embedded engine: a segment (or a filtered subset) smaller than this many "
+        "KB of vectors is searched exactly rather than through HNSW.",
     )
     qdrant_api_key: SecretStr | None = Field(
         default=None, description="API key for a Qdrant server (never logged or echoed)."

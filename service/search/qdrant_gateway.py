@@ -1,29 +1,39 @@
-"""The only place that talks to Qdrant: serialised calls, tenant-scoped search, clear errors.
+"""The only place that talks to Qdrant: tenant-scoped search, clear errors, one metric.
 
-qdrant-client's local mode is not thread-safe, so every call holds one lock there. Against a
-server every call is bounded by `timeout_s` (each connect / read / write of qdrant-client's
-HTTP transport), and a failure to answer is raised as one of the `QdrantUnavailable` types
-(unreachable, timeout, error), so /search can answer 503 and /readyz can say why. Nothing
-about a failure is remembered: the next call tries again (only successful collection lookups
-are cached), so the service recovers by itself when Qdrant does.
+The engine behind it is a `Backend` (service/search/backend.py): the Qdrant server through
+qdrant-client (URL), or Qdrant's own engine embedded through qdrant-edge-py (a folder, the
+default). Against a server every call is bounded by `timeout_s`, and a failure to answer is
+raised as one of the `QdrantUnavailable` types (unreachable, timeout, error), so /search can
+answer 503 and /readyz can say why. Nothing about a failure is remembered: the next call tries
+again (only successful collection lookups are cached), so the service recovers by itself when
+Qdrant does.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 from pydantic import SecretStr
-from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client import models
 
 from service.ops.metrics import Metrics
+from service.ops.settings import Settings
+from service.search.backend import (
+    Backend,
+    CollectionInfo,
+    CollectionNotFound,
+    QdrantFolderInUse,
+    QdrantTimeout,
+    QdrantUnavailable,
+    QdrantUnreachable,
+    Unsupported,
+    VectorInfo,
+)
 from service.search.targets import (
     NORM_SAMPLE,
     NORM_TOLERANCE,
@@ -33,94 +43,23 @@ from service.search.targets import (
     settle,
 )
 
+if TYPE_CHECKING:
+    from service.search.edge_backend import HnswSettings
+
 T = TypeVar("T")
 
-
-class CollectionNotFound(LookupError):
-    pass
-
-
-class QdrantFolderInUse(RuntimeError):
-    """The embedded Qdrant's folder is open in another process: local mode locks it."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(
-            f"the embedded Qdrant folder {path} is open in another process (a running "
-            "`querylift serve`?): stop it, or run Qdrant as a server and set "
-            "QUERYLIFT_QDRANT_URL (local mode allows one process per folder)"
-        )
-        self.path = path
-
-
-class QdrantUnavailable(RuntimeError):
-    """Qdrant did not answer usefully; `reason` is the one line /readyz shows the admin."""
-
-    kind: ClassVar[str] = "error"
-
-    def __init__(self, op: str, detail: str) -> None:
-        super().__init__(f"{self.kind} on {op}: {detail}")
-        self.op = op
-        self.detail = detail
-
-    @property
-    def reason(self) -> str:
-        return f"{self.kind}: {self.detail} ({self.op})"
-
-
-class QdrantUnreachable(QdrantUnavailable):
-    """No connection (refused, reset, DNS): Qdrant is down or not where the URL says."""
-
-    kind = "unreachable"
-
-
-class QdrantTimeout(QdrantUnavailable):
-    """Connected (or trying to) but no answer within the configured timeout."""
-
-    kind = "timeout"
-
-
-def _unavailable(op: str, e: Exception, timeout_s: float) -> QdrantUnavailable | None:
-    """Map qdrant-client's transport and 5xx errors to QdrantUnavailable; None for the rest."""
-    source = e.source if isinstance(e, ResponseHandlingException) else e
-    if isinstance(source, httpx.TimeoutException):
-        return QdrantTimeout(op, f"no answer within {timeout_s:g} s ({type(source).__name__})")
-    if isinstance(source, httpx.TransportError):
-        return QdrantUnreachable(op, f"{type(source).__name__}: {source}")
-    if isinstance(e, ResponseHandlingException):  # an answer that does not parse
-        return QdrantUnavailable(op, f"bad response ({type(source).__name__})")
-    if isinstance(e, UnexpectedResponse) and (e.status_code or 0) >= 500:
-        return QdrantUnavailable(op, f"HTTP {e.status_code}")
-    return None
-
-
-@dataclass(frozen=True)
-class VectorInfo:
-    size: int
-    distance: str  # Qdrant's name: Cosine, Dot, Euclid, Manhattan
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    name: str
-    vectors: dict[str, VectorInfo]  # dense vectors by name; "" is the unnamed one
-    metadata: dict[str, Any]
-    sparse: tuple[str, ...] = ()
-    payload_index: dict[str, tuple[str, bool]] = field(default_factory=dict)  # type, is_tenant
-
-    def vector(self, name: str | None) -> VectorInfo | None:
-        return self.vectors.get(name or "")
-
-    @property
-    def dim(self) -> int | None:
-        """The unnamed vector's size (None for a collection of named vectors only)."""
-        v = self.vectors.get("")
-        return v.size if v is not None else None
-
-    def describe_vectors(self) -> str:
-        names = [repr(n) for n in self.vectors if n]
-        if "" in self.vectors:
-            names.insert(0, "one unnamed vector")
-        return ", ".join(names) or "no dense vector"
+__all__ = [
+    "CollectionInfo",
+    "CollectionNotFound",
+    "Hit",
+    "QdrantFolderInUse",
+    "QdrantGateway",
+    "QdrantTimeout",
+    "QdrantUnavailable",
+    "QdrantUnreachable",
+    "Unsupported",
+    "VectorInfo",
+]
 
 
 @dataclass(frozen=True)
@@ -140,39 +79,44 @@ class QdrantGateway:
         api_key: SecretStr | str | None = None,
         timeout_s: float = 10.0,
         metrics: Metrics | None = None,
+        backend: Backend | None = None,
+        hnsw: HnswSettings | None = None,
+        in_process: bool = False,
     ) -> None:
+        """`url`: a Qdrant server; `path`: the embedded engine's folder, opened in a child
+        process (its calls hold the GIL: service/search/edge_process.py), or here with
+        `in_process` (offline commands: no event loop, bulk writes); `backend`: one made
+        elsewhere (tests: qdrant-client's local mode as the server's stand-in)."""
         self.timeout_s = timeout_s
-        if url:
-            # qdrant-client rounds its timeout up to whole seconds; the HTTP client underneath
-            # then gets the exact value (every call: searches, collection lookups, pings)
-            key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
-            self.client = QdrantClient(url=url, api_key=key, timeout=math.ceil(timeout_s))
-            self._set_http_timeout(timeout_s)
-            self.local = False
-        else:
-            try:
-                self.client = QdrantClient(path=path or ":memory:")
-            except RuntimeError as e:
-                if "already accessed" in str(e):  # qdrant-client's portalocker lock
-                    raise QdrantFolderInUse(str(path)) from e
-                raise
-            self.local = True
+        if backend is None:
+            if url:
+                from service.search.client_backend import ClientBackend
+
+                backend = ClientBackend.server(url, api_key, timeout_s)
+            elif path and in_process:
+                from service.search.edge_backend import EdgeBackend
+
+                backend = EdgeBackend(path, hnsw)
+            elif path:
+                from service.search.edge_process import EdgeProcess
+
+                backend = EdgeProcess(path, hnsw, timeout_s)
+            else:
+                raise ValueError("a Qdrant URL or an embedded folder is needed")
+        self.backend: Backend = backend
         self._lock = threading.Lock()
         self.metrics = metrics
         self._info: dict[str, CollectionInfo] = {}
 
-    def _set_http_timeout(self, timeout_s: float) -> None:
-        remote = getattr(self.client, "_client", None)
-        api = getattr(getattr(remote, "openapi_client", None), "client", None)
-        http = getattr(api, "_client", None)
-        if isinstance(http, httpx.Client):
-            http.timeout = httpx.Timeout(timeout_s)
+    @property
+    def kind(self) -> str:
+        return self.backend.kind
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
         outcome = "error"
         try:
-            if self.local:
+            if self.backend.serialized:
                 with self._lock:
                     result = fn()
             else:
@@ -180,7 +124,7 @@ class QdrantGateway:
             outcome = "ok"
             return result
         except Exception as e:
-            mapped = None if self.local else _unavailable(op, e, self.timeout_s)
+            mapped = self.backend.map_error(op, e)
             if mapped is None:
                 raise
             outcome = mapped.kind
@@ -191,38 +135,16 @@ class QdrantGateway:
 
     def close(self) -> None:
         with self._lock:
-            self.client.close()
+            self.backend.close()
 
     def ping(self) -> None:
-        """One cheap call (list collections); raises QdrantUnavailable when Qdrant is not up."""
-        self._call("get_collections", self.client.get_collections)
+        """One cheap call; raises QdrantUnavailable when Qdrant is not up."""
+        self._call("get_collections", self.backend.ping)
 
     def collection_info(self, name: str, refresh: bool = False) -> CollectionInfo:
         if not refresh and name in self._info:
             return self._info[name]
-        if not self._call("collection_exists", lambda: self.client.collection_exists(name)):
-            raise CollectionNotFound(name)
-        info = self._call("get_collection", lambda: self.client.get_collection(name))
-        params = info.config.params
-        raw = params.vectors
-        if isinstance(raw, models.VectorParams):
-            raw = {"": raw}
-        vectors = {
-            n: VectorInfo(v.size, str(v.distance.value if v.distance else ""))
-            for n, v in (raw or {}).items()
-        }
-        index = {}
-        for key, schema in (info.payload_schema or {}).items():
-            dtype = getattr(schema.data_type, "value", str(schema.data_type))
-            is_tenant = bool(getattr(schema.params, "is_tenant", False))
-            index[key] = (str(dtype), is_tenant)
-        ci = CollectionInfo(
-            name=name,
-            vectors=vectors,
-            metadata=dict(info.config.metadata or {}),
-            sparse=tuple(params.sparse_vectors or {}),
-            payload_index=index,
-        )
+        ci = self._call("get_collection", lambda: self.backend.describe(name))
         self._info[name] = ci
         return ci
 
@@ -233,57 +155,79 @@ class QdrantGateway:
         wait on Qdrant, and start-up, /readyz's snapshot refresh and /search refresh it."""
         return self._info.get(name)
 
+    def create_collection(
+        self,
+        name: str,
+        vectors: dict[str, VectorInfo],
+        metadata: dict[str, Any] | None = None,
+        tenant_field: str | None = None,
+        sparse: dict[str, bool] | None = None,
+    ) -> CollectionInfo:
+        """A new collection, its tenant field indexed (is_tenant) where the engine indexes."""
+        self._call(
+            "create_collection",
+            lambda: self.backend.create_collection(name, vectors, metadata or {}, sparse),
+        )
+        if tenant_field:
+            self.index_tenant_field(name, tenant_field)
+        return self.collection_info(name, refresh=True)
+
+    def index_tenant_field(self, name: str, key: str) -> None:
+        """Qdrant's keyword index with is_tenant on `key` (a no-op where payload indexes are
+        ignored: local mode)."""
+        if self.backend.indexes_payload:
+            self._call(
+                "create_payload_index",
+                lambda: self.backend.create_keyword_index(name, key, is_tenant=True),
+            )
+
     def ensure_collection(
         self, name: str, dim: int, tenant_field: str, metadata: dict[str, Any]
     ) -> CollectionInfo:
         """Create `name` (cosine, one vector, tenant field indexed) unless it exists."""
-        exists = self._call("collection_exists", lambda: self.client.collection_exists(name))
-        if not exists:
-            self._call(
-                "create_collection",
-                lambda: self.client.create_collection(
-                    name,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                    metadata=metadata,
-                ),
+        try:
+            info = self.collection_info(name, refresh=True)
+        except CollectionNotFound:
+            info = self.create_collection(
+                name, {"": VectorInfo(dim, "Cosine")}, metadata, tenant_field
             )
-            if not self.local:  # local mode ignores payload indexes (and warns)
-                self._call(
-                    "create_payload_index",
-                    lambda: self.client.create_payload_index(
-                        name,
-                        tenant_field,
-                        field_schema=models.KeywordIndexParams(
-                            type=models.KeywordIndexType.KEYWORD, is_tenant=True
-                        ),
-                    ),
-                )
-        info = self.collection_info(name, refresh=True)
         if info.dim != dim:
             raise ValueError(f"collection {name!r} holds {info.dim}-d vectors, not {dim}-d")
         return info
 
     def upsert(self, name: str, points: list[models.PointStruct]) -> None:
-        self._call("upsert", lambda: self.client.upsert(name, points=points, wait=True))
+        self._call("upsert", lambda: self.backend.upsert(name, points))
+
+    def build_index(self, name: str, progress: bool = False) -> dict[str, Any] | None:
+        """Build the embedded engine's HNSW over what was upserted (offline only). A server
+        indexes by itself: None."""
+        build = getattr(self.backend, "build_index", None)
+        if build is None:
+            return None
+        return self._call("build_index", lambda: build(name, progress))  # type: ignore[no-any-return]
 
     def scroll(
-        self, name: str, flt: models.Filter | None = None, *, page: int = 1024
+        self,
+        name: str,
+        flt: models.Filter | None = None,
+        *,
+        page: int = 1024,
+        with_vectors: bool | list[str] = False,
     ) -> Iterator[models.Record]:
-        """Every point of `name` matching `flt`, with its payload and without its vector, a
-        page per call: offline readers (distillation reads a corpus back) walk a collection
+        """Every point of `name` matching `flt`, with its payload, a page per call: offline
+        readers (distillation reads a corpus back, migration copies one) walk a collection
         through the same error mapping and metrics as the request path."""
         offset: models.ExtendedPointId | None = None
         while True:
             points, offset = self._call(
                 "scroll",
-                functools.partial(
-                    self.client.scroll,
+                lambda o=offset: self.backend.scroll(  # type: ignore[misc]
                     name,
-                    scroll_filter=flt,
+                    flt,
                     limit=page,
-                    offset=offset,
+                    offset=o,
                     with_payload=True,
-                    with_vectors=False,
+                    with_vectors=with_vectors,
                 ),
             )
             yield from points
@@ -291,8 +235,52 @@ class QdrantGateway:
                 return
 
     def count(self, name: str, flt: models.Filter | None = None) -> int:
-        res = self._call("count", lambda: self.client.count(name, count_filter=flt, exact=True))
-        return int(res.count)
+        return self._call("count", lambda: self.backend.count(name, flt, exact=True))
+
+    def retrieve(
+        self,
+        name: str,
+        ids: list[models.ExtendedPointId],
+        *,
+        with_payload: bool | list[str] = True,
+        with_vectors: bool | list[str] = False,
+    ) -> list[models.Record]:
+        return self._call(
+            "retrieve",
+            lambda: self.backend.retrieve(
+                name, ids, with_payload=with_payload, with_vectors=with_vectors
+            ),
+        )
+
+    def query(
+        self,
+        name: str,
+        vector: list[float],
+        *,
+        using: str | None = None,
+        flt: models.Filter | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        with_payload: bool | list[str] = True,
+        with_vectors: bool | list[str] = False,
+    ) -> list[models.ScoredPoint]:
+        """One nearest-neighbour query as the engine answers it, with no tenant scope: for
+        offline tools and the conformance suite; the request path goes through `search`."""
+        return self._call(
+            "query_points",
+            lambda: self.backend.query(
+                name,
+                vector,
+                using=using,
+                flt=flt,
+                limit=limit,
+                offset=offset,
+                score_threshold=score_threshold,
+                with_payload=with_payload,
+                with_vectors=with_vectors,
+            ),
+        )
 
     def search(
         self,
@@ -318,43 +306,35 @@ class QdrantGateway:
             want: bool | list[str] = True
         else:  # only what the id needs
             want = [target.id_key] if target.id_key else False
-        res = self._call(
-            "query_points",
-            lambda: self.client.query_points(
-                target.collection,
-                query=vector,
-                using=target.vector,
-                query_filter=models.Filter(must=must) if must else None,
-                limit=limit,
-                offset=offset or None,
-                score_threshold=score_threshold,
-                with_payload=want,
-                with_vectors=([target.vector] if target.vector else True)
-                if with_vectors
-                else False,
-            ),
+        points = self.query(
+            target.collection,
+            vector,
+            using=target.vector,
+            flt=models.Filter(must=must) if must else None,
+            limit=limit,
+            offset=offset,
+            score_threshold=score_threshold,
+            with_payload=want,
+            with_vectors=([target.vector] if target.vector else True) if with_vectors else False,
         )
         hits = []
-        for p in res.points:
+        for p in points:
             payload = dict(p.payload or {}) if with_payload else None
             if payload is not None and target.tenant_field is not None:
                 payload.pop(target.tenant_field, None)
-            vector = None
+            vector_out = None
             if with_vectors:
                 v = p.vector.get(target.vector or "") if isinstance(p.vector, dict) else p.vector
-                vector = [float(x) for x in v] if isinstance(v, list) else None
-            hits.append(Hit(target.doc_id(p.id, p.payload), float(p.score), payload, vector))
+                vector_out = [float(x) for x in v] if isinstance(v, list) else None
+            hits.append(Hit(target.doc_id(p.id, p.payload), float(p.score), payload, vector_out))
         return hits
 
     def tenant_points(self, target: SearchTarget) -> int:
         """Points the tenant can see (an estimate on a server): 0 means a scope that matches
         nothing, a misconfiguration rather than an empty result."""
         flt = scope_filter(target)
-        res = self._call(
-            "count",
-            lambda: self.client.count(target.collection, count_filter=flt, exact=self.local),
-        )
-        return int(res.count)
+        exact = self.backend.exact_counts_cheap
+        return self._call("count", lambda: self.backend.count(target.collection, flt, exact=exact))
 
     def inspect_all(self, targets: list[SearchTarget], dim: int) -> list[Inspection]:
         """Can each target serve the document encoder's `dim`-d vectors (or the prefix its
@@ -424,7 +404,7 @@ class QdrantGateway:
                 out.collection_points = totals[target.collection]
         except QdrantUnavailable as e:
             out.problems.append(f"Qdrant: {e.reason}")
-        if target.scope == "field" and not self.local and target.tenant_field:
+        if target.scope == "field" and self.backend.indexes_payload and target.tenant_field:
             index = info.payload_index.get(target.tenant_field)
             if index is None or index[0] != "keyword":
                 out.problems.append(
@@ -443,10 +423,11 @@ class QdrantGateway:
         flt = scope_filter(target)
         points, _ = self._call(
             "scroll",
-            lambda: self.client.scroll(
+            lambda: self.backend.scroll(
                 target.collection,
-                scroll_filter=flt,
+                flt,
                 limit=NORM_SAMPLE,
+                offset=None,
                 with_payload=False,
                 with_vectors=[target.vector] if target.vector else True,
             ),
@@ -464,6 +445,37 @@ class QdrantGateway:
             f"{min(off):.3g}..{max(off):.3g}): under {distance} their ranking against unit "
             "query vectors differs from cosine"
         ]
+
+
+def gateway_for(
+    settings: Settings,
+    timeout_s: float | None = None,
+    metrics: Metrics | None = None,
+    *,
+    offline: bool = False,
+) -> QdrantGateway:
+    """The configured engine: the server at QUERYLIFT_QDRANT_URL, else the embedded folder
+    (in its own process for the service; in-process for an `offline` command)."""
+    return QdrantGateway(
+        in_process=offline,
+        url=settings.qdrant_url,
+        path=str(settings.qdrant_path),
+        api_key=settings.qdrant_api_key,
+        timeout_s=settings.qdrant_timeout_s if timeout_s is None else timeout_s,
+        metrics=metrics,
+        hnsw=hnsw_of(settings),
+    )
+
+
+def hnsw_of(settings: Settings) -> HnswSettings:
+    from service.search.edge_backend import HnswSettings
+
+    return HnswSettings(
+        m=settings.qdrant_hnsw_m,
+        ef_construct=settings.qdrant_hnsw_ef_construct,
+        full_scan_threshold_kb=settings.qdrant_exact_below_kb,
+        hnsw_ef=settings.qdrant_hnsw_ef,
+    )
 
 
 def scope_filter(target: SearchTarget) -> models.Filter | None:
