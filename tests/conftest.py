@@ -226,21 +226,62 @@ def index_docs(
     )
 
 
+# -- the vector engines: the conformance suite runs every gateway test on each ---------------
+TEST_QDRANT_URL = os.environ.get("QUERYLIFT_TEST_QDRANT_URL")
+# the server where one is reachable, else qdrant-client's local mode as its stand-in
+ENGINES = ["edge", "server" if TEST_QDRANT_URL else "local-mode"]
+
+
+def open_engine(kind: str = "edge", folder: Path | None = None) -> QdrantGateway:
+    """An empty engine of `kind`: "edge" (the embedded default, a temporary folder unless
+    `folder`), "local-mode" (in memory, or the local-mode `folder`) or "server" (the one at
+    QUERYLIFT_TEST_QDRANT_URL; `close_engine` drops what the test created)."""
+    from service.search.client_backend import ClientBackend
+
+    if kind == "edge":
+        return QdrantGateway(path=str(folder) if folder else ":memory:")
+    if kind == "local-mode":
+        return QdrantGateway(
+            backend=ClientBackend.local_mode(str(folder) if folder else ":memory:")
+        )
+    assert kind == "server" and TEST_QDRANT_URL, kind
+    gw = QdrantGateway(url=TEST_QDRANT_URL)
+    client = gw.backend.client  # type: ignore[attr-defined]
+    gw.preexisting = {c.name for c in client.get_collections().collections}  # type: ignore[attr-defined]
+    return gw
+
+
+def close_engine(gw: QdrantGateway) -> None:
+    if gw.kind == "server":
+        client = gw.backend.client  # type: ignore[attr-defined]
+        for c in client.get_collections().collections:
+            if c.name not in getattr(gw, "preexisting", set()):
+                client.delete_collection(c.name)
+    gw.close()
+
+
+@pytest.fixture
+def engine() -> str:
+    """The engine gateway tests run on: the embedded default here; tests/service/search and
+    the search-parameter tests run on every one of ENGINES (their conftest / module)."""
+    return "edge"
+
+
 def shared_collection(
-    document_encoder: Encoder, globex_docs: list[Document] = GLOBEX_DOCS
+    document_encoder: Encoder, globex_docs: list[Document] = GLOBEX_DOCS, engine: str = "edge"
 ) -> QdrantGateway:
-    """An in-memory Qdrant whose collection `docs` holds acme's DOCS and `globex_docs`."""
-    gw = QdrantGateway(path=":memory:")
+    """An engine whose collection `docs` holds acme's DOCS and `globex_docs`."""
+    gw = open_engine(engine)
     index_docs(gw, document_encoder, "acme", DOCS)
     index_docs(gw, document_encoder, "globex", globex_docs)
     return gw
 
 
 @pytest.fixture
-def gateway(document_encoder: Encoder) -> Iterator[QdrantGateway]:
-    gw = shared_collection(document_encoder)
+def gateway(document_encoder: Encoder, engine: str) -> Iterator[QdrantGateway]:
+    gw = shared_collection(document_encoder, engine=engine)
     yield gw
-    gw.close()
+    close_engine(gw)
 
 
 # -- the app -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ def test_every_command_is_registered_in_its_order() -> None:
         "random-qwen3",
         "serve",
         "index",
+        "migrate-embedded",
         "train",
         "eval",
         "adapters",

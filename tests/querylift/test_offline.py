@@ -5,9 +5,9 @@ exits 1 in its start-up checks); doctor reports it as a FAIL."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
 from querylift.cli import app as cli
@@ -21,13 +21,14 @@ def test_a_held_embedded_folder_is_one_clear_line_for_every_offline_command(
     cli_env(qdrant_path=folder)
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"id": "d1", "text": "malaria is spread by mosquitoes"}) + "\n")
-    holder = QdrantClient(path=str(folder))  # what a running `querylift serve` does
+    holder = QdrantGateway(path=str(folder))  # what a running `querylift serve` does
+    held_by = f"is held by pid {os.getpid()}"
     try:
         try:
             QdrantGateway(path=str(folder))
             raise AssertionError("a second opener of a held folder must be refused")
         except QdrantFolderInUse as e:
-            assert e.path == str(folder)
+            assert e.path == str(folder) and e.holder.startswith(f"pid {os.getpid()}")
         runner = CliRunner()
         for args in (
             ["index", str(corpus), "--collection", "docs"],
@@ -35,16 +36,16 @@ def test_a_held_embedded_folder_is_one_clear_line_for_every_offline_command(
         ):
             result = runner.invoke(cli, args)
             assert result.exit_code == 2, (args, result.output)
-            assert "is open in another process" in result.stderr
+            assert held_by in result.stderr
             assert "QUERYLIFT_QDRANT_URL" in result.stderr
             assert result.exception is None or isinstance(result.exception, SystemExit)
             assert "Traceback" not in result.output
         serve = runner.invoke(cli, ["serve", "--port", "9"])  # refused before it binds
         assert serve.exit_code == 1, serve.output
-        assert serve.stderr.count("\n") == 1 and "open in another process" in serve.stderr
+        assert serve.stderr.count("\n") == 1 and held_by in serve.stderr
         doctor = runner.invoke(cli, ["doctor"])
         assert doctor.exit_code == 1
-        assert "[FAIL] qdrant" in doctor.stdout and "open in another process" in doctor.stdout
+        assert "[FAIL] qdrant" in doctor.stdout and held_by in doctor.stdout
     finally:
         holder.close()
     assert not (tmp_path / "o").exists()

@@ -165,9 +165,15 @@ class FakeQdrant:
 
 
 @pytest.fixture
+def engine() -> str:
+    """The fake server answers from qdrant-client's local mode (a client, like the server's)."""
+    return "local-mode"
+
+
+@pytest.fixture
 def fake_qdrant(gateway: QdrantGateway) -> Iterator[FakeQdrant]:
     """Not started: a test starts it (or leaves the port closed: Qdrant unreachable)."""
-    fake = FakeQdrant(gateway.client, free_port())
+    fake = FakeQdrant(gateway.backend.client, free_port())  # type: ignore[attr-defined]
     try:
         yield fake
     finally:
@@ -241,7 +247,7 @@ def test_qdrant_unreachable_then_back_without_restart(
     assert c.get("/readyz").status_code == 200
     assert_search_ok(c)
     metrics = c.get("/metrics").text
-    assert 'querylift_qdrant_request_duration_seconds_count{operation="collection_exists",' in (
+    assert 'querylift_qdrant_request_duration_seconds_count{operation="get_collection",' in (
         metrics
     )
     assert 'outcome="unreachable"' in metrics

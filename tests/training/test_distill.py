@@ -351,6 +351,9 @@ def test_cli_distill_reads_a_tenants_own_langchain_collection(
     monkeypatch.setenv("QUERYLIFT_QDRANT_PATH", str(qpath))
     monkeypatch.setenv("QUERYLIFT_TENANTS_FILE", str(tenants))
     runner = CliRunner()
+    # langchain wrote it through qdrant-client (local mode here): onto the embedded engine
+    moved = runner.invoke(cli, ["migrate-embedded"])
+    assert moved.exit_code == 0, moved.output
     common = ["train", "--mode", "distill", "--steps", "5", "--cache", str(tmp_path / "cache")]
     result = runner.invoke(cli, [*common, "--for-tenant", "lcapp", "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from querylift.indexing import point_id
 from service.http.schemas import MAX_SEARCH_WINDOW
 from service.search.qdrant_gateway import QdrantGateway
-from tests.conftest import DOCS, auth
+from tests.conftest import DOCS, ENGINES, auth
 
 ACME = [d.id for d in DOCS]
 GLOBEX = ["g1", "g2"]
@@ -22,6 +22,12 @@ def search(client: TestClient, tenant: str = "acme", **body: object) -> list[dic
     r = client.post("/search", json={"query": QUERY, **body}, headers=auth(tenant))
     assert r.status_code == 200, r.text
     return r.json()["results"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The conformance suite: these parameters mean the same on every vector engine."""
+    return str(request.param)
 
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "full-app"])
@@ -69,9 +75,7 @@ def test_with_vectors_returns_the_stored_vectors_of_own_points_only(
     assert {h["id"] for h in hits} == set(ACME)
     stored = {
         p.id: p.vector
-        for p in gateway.client.retrieve(
-            "docs", [point_id("acme", i) for i in ACME], with_vectors=True
-        )
+        for p in gateway.retrieve("docs", [point_id("acme", i) for i in ACME], with_vectors=True)
     }
     for h in hits:
         assert np.allclose(h["vector"], stored[point_id("acme", h["id"])], atol=1e-6)

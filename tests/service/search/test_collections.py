@@ -8,6 +8,8 @@ answer exactly what a direct qdrant-client query with /embed's vector answers.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,15 @@ from service.app import create_app
 from service.ops.settings import Settings
 from service.search.qdrant_gateway import QdrantGateway
 from service.search.targets import SearchTarget
-from tests.conftest import ADMIN, DOCS, admin_headers, auth, write_tenants
+from tests.conftest import (
+    ADMIN,
+    DOCS,
+    admin_headers,
+    auth,
+    close_engine,
+    open_engine,
+    write_tenants,
+)
 
 TEXTS = [d.text for d in DOCS] + [
     "globex secret malaria mosquito plan",
@@ -51,21 +61,52 @@ def qpath(tmp_path: Path) -> Path:
     return tmp_path / "qdrant"
 
 
+def on_engine(engine: str, qpath: Path, fields: set[str]) -> QdrantGateway:
+    """The collections the libraries wrote into the local-mode folder `qpath`, on `engine`:
+    Edge after `querylift migrate-embedded`'s copy (the tenant fields indexed), a server after
+    the same copy, or the folder itself in local mode."""
+    from querylift.migrate import copy_collection, migrate_folder
+    from service.search.embedded_folder import is_legacy
+
+    if engine == "edge":
+        if is_legacy(qpath):
+            migrate_folder(qpath, tenant_fields=fields, progress=False)
+            shutil.rmtree(qpath.with_name(qpath.name + ".local-mode"))
+        return QdrantGateway(path=str(qpath))
+    if engine == "local-mode":
+        return open_engine("local-mode", qpath)
+    gw = open_engine("server")
+    local = open_engine("local-mode", qpath)
+    try:
+        for c in local.backend.client.get_collections().collections:  # type: ignore[attr-defined]
+            copy_collection(local, gw, c.name, fields)
+    finally:
+        local.close()
+    return gw
+
+
+def tenant_fields(update: dict[str, Any]) -> set[str]:
+    fields = {str(update.get("tenant_field", "tenant"))}
+    if (path := update.get("tenants_file")) is not None:
+        fields |= {t.get("tenant_field", "tenant") for t in json.loads(path.read_text())["tenants"]}
+    return fields
+
+
 @pytest.fixture
 def serve_on(
-    qpath: Path, tmp_path: Path, query_encoder: Encoder, document_encoder: Encoder
+    qpath: Path, tmp_path: Path, query_encoder: Encoder, document_encoder: Encoder, engine: str
 ) -> Iterator[Callable[..., TestClient]]:
-    """An app over the local Qdrant folder `qpath` (dev mode unless a tenants file is given),
-    with settings overrides and the admin token (for /readyz's detail); each app's gateway is
-    closed before the next opens the folder."""
+    """An app over the collections in `qpath` on `engine` (dev mode unless a tenants file is
+    given), restarted with other settings on each call; each app and its gateway is closed
+    before the next opens the folder."""
     opened: list[tuple[TestClient, QdrantGateway]] = []
 
     def start(**update: Any) -> TestClient:
         for c, gw in opened:
             c.__exit__(None, None, None)
-            gw.close()
+            close_engine(gw)
         opened.clear()
-        gw = QdrantGateway(path=str(qpath))
+        gw = on_engine(engine, qpath, tenant_fields(update))
         settings = Settings(
             adapter_store=tmp_path / "adapters",
             qdrant_path=qpath,
@@ -82,7 +123,7 @@ def serve_on(
     yield start
     for c, gw in opened:
         c.__exit__(None, None, None)
-        gw.close()
+        close_engine(gw)
 
 
 def embed(client: TestClient, text: str, headers: dict[str, str] | None = None) -> list[float]:
@@ -99,11 +140,9 @@ def direct(
     flt: models.Filter | None = None,
     limit: int = 10,
 ) -> list[models.ScoredPoint]:
-    """The same search through the app's own qdrant-client (local mode: one client a folder)."""
-    qc: QdrantClient = client.app.state.runtime.gateway.client
-    return qc.query_points(
-        collection, query=vector, using=using, query_filter=flt, limit=limit, with_payload=True
-    ).points
+    """The same search straight to the app's engine, with no tenant scope but `flt`."""
+    gw: QdrantGateway = client.app.state.runtime.gateway
+    return gw.query(collection, vector, using=using, flt=flt, limit=limit)
 
 
 def search(client: TestClient, headers: dict[str, str] | None = None, **body: Any) -> Any:
@@ -473,6 +512,17 @@ def test_doctor_prints_the_same_checks(
 
     langchain_collection(qpath, document_encoder, "lc")
     cli_env(qdrant_path=qpath, collection="lc", adapter_store=tmp_path / "adapters")
+    # a folder of the old embedded default (local mode): one line naming the command
+    old = CliRunner().invoke(cli, ["doctor"])
+    assert old.exit_code == 1, old.output
+    assert f"[FAIL] qdrant {qpath}: {qpath} was written by the old embedded default" in old.output
+    assert f"`querylift migrate-embedded {qpath}`" in old.output
+    moved = CliRunner().invoke(cli, ["migrate-embedded"])
+    assert moved.exit_code == 0, moved.output
+    assert f"copied 'lc': {len(TEXTS)} points" in moved.output
+    assert (qpath.parent / "qdrant.local-mode" / "meta.json").is_file()  # kept beside it
+    again = CliRunner().invoke(cli, ["migrate-embedded"])
+    assert again.exit_code == 2 and "is not a folder of qdrant-client's local mode" in again.output
     bad = CliRunner().invoke(cli, ["doctor"])
     assert bad.exit_code == 1, bad.output
     assert "[FAIL] tenant 'default': collection 'lc'" in bad.output

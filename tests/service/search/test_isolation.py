@@ -145,12 +145,12 @@ def test_payload_key_injection_at_index_time(
         ),
     ]
     index_docs(gateway, document_encoder, "acme", sneaky)
-    (point,) = gateway.client.retrieve("docs", [point_id("acme", "x1")], with_payload=True)
+    (point,) = gateway.retrieve("docs", [point_id("acme", "x1")])
     assert point.payload["tenant"] == "acme" and point.payload["doc_id"] == "x1"
     assert ids(search(client, None, "globex")) == GLOBEX  # globex does not see it
     assert "x1" in ids(search(client, None, "acme"))
     # and globex's own points were not touched
-    got = gateway.client.retrieve("docs", GLOBEX_POINTS, with_payload=True)
+    got = gateway.retrieve("docs", GLOBEX_POINTS)
     assert {p.payload["tenant"] for p in got} == {"globex"}
     assert {p.payload["doc_id"] for p in got} == GLOBEX
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
 from typer.testing import CliRunner
 
 from adapters.store import AdapterStore
@@ -29,8 +29,18 @@ from encoders.matryoshka import truncate
 from querylift.indexing import collection_metadata, index_documents, point_id
 from service.app import create_app
 from service.ops.settings import Settings
-from service.search.qdrant_gateway import QdrantGateway
-from tests.conftest import ADMIN, DOCS, admin_headers, auth, index_docs, make_linear, write_tenants
+from service.search.qdrant_gateway import CollectionNotFound, QdrantGateway, VectorInfo
+from tests.conftest import (
+    ADMIN,
+    DOCS,
+    admin_headers,
+    auth,
+    close_engine,
+    index_docs,
+    make_linear,
+    open_engine,
+    write_tenants,
+)
 from training.data import Document
 
 GLOBEX_DOCS = [
@@ -75,8 +85,8 @@ def prefix_of(document_encoder: Encoder) -> int:
     return document_encoder.dim // 2
 
 
-def stored(client: QdrantClient, collection: str) -> dict[str, np.ndarray]:
-    points, _ = client.scroll(collection, limit=100, with_payload=True, with_vectors=True)
+def stored(gw: QdrantGateway, collection: str) -> dict[str, np.ndarray]:
+    points = list(gw.scroll(collection, with_vectors=True))
     return {p.payload["doc_id"]: np.asarray(p.vector, dtype=np.float32) for p in points}
 
 
@@ -88,9 +98,7 @@ def direct(
         flt = models.Filter(
             must=[models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant))]
         )
-    return gw.client.query_points(
-        collection, query=vector.tolist(), query_filter=flt, limit=limit, with_payload=True
-    ).points
+    return gw.query(collection, vector.tolist(), flt=flt, limit=limit)
 
 
 def assert_search_is_direct(
@@ -132,10 +140,10 @@ def test_truncate_keeps_the_prefix_direction_at_unit_length() -> None:
 
 # -- indexing ----------------------------------------------------------------------------------
 def test_index_at_a_prefix_writes_cut_vectors_and_records_the_size(
-    document_encoder: Encoder,
+    document_encoder: Encoder, engine: str
 ) -> None:
     n = prefix_of(document_encoder)
-    gw = QdrantGateway(path=":memory:")
+    gw = open_engine(engine)
     index_docs(gw, document_encoder, "acme", DOCS, "small", dim=n)
     info = gw.collection_info("small", refresh=True)
     assert info.dim == n
@@ -144,7 +152,7 @@ def test_index_at_a_prefix_writes_cut_vectors_and_records_the_size(
     assert meta["document_model"] == document_encoder.name
     full = document_encoder.encode([d.text for d in DOCS], "document").vectors
     want = truncate(full, n)
-    got = stored(gw.client, "small")
+    got = stored(gw, "small")
     for i, d in enumerate(DOCS):
         np.testing.assert_allclose(got[d.id], want[i], atol=1e-5)
         assert abs(float(np.linalg.norm(got[d.id])) - 1.0) < 1e-5
@@ -176,8 +184,9 @@ def test_index_at_a_prefix_writes_cut_vectors_and_records_the_size(
     for bad in (0, -1, document_encoder.dim, document_encoder.dim + 1):
         with pytest.raises(ValueError, match="a prefix of the document encoder's"):
             index_docs(gw, document_encoder, "acme", DOCS, "other", dim=bad)
-    assert not gw.client.collection_exists("other")
-    gw.close()
+    with pytest.raises(CollectionNotFound):
+        gw.collection_info("other", refresh=True)
+    close_engine(gw)
 
 
 def test_cli_index_dim(tmp_path: Path, cli_env: Callable[..., None]) -> None:
@@ -198,17 +207,18 @@ def test_cli_index_dim(tmp_path: Path, cli_env: Callable[..., None]) -> None:
     again = run.invoke(cli, ["index", str(corpus), "--collection", "small", "--dim", "4"])
     assert again.exit_code == 2
     assert "indexed at 8 dimensions" in again.output, again.output
-    qc = QdrantClient(path=str(qpath))
+    gw = QdrantGateway(path=str(qpath))
     try:
-        info = qc.get_collection("small")
-        assert info.config.params.vectors.size == 8
-        assert info.config.metadata["querylift"]["dim"] == 8
-        assert not qc.collection_exists("x")
-        points, _ = qc.scroll("small", limit=100, with_vectors=True)
+        info = gw.collection_info("small")
+        assert info.dim == 8
+        assert info.metadata["querylift"]["dim"] == 8
+        with pytest.raises(CollectionNotFound):
+            gw.collection_info("x")
+        points = list(gw.scroll("small", with_vectors=True))
         assert len(points) == len(DOCS)
         assert all(abs(float(np.linalg.norm(p.vector)) - 1.0) < 1e-5 for p in points)
     finally:
-        qc.close()
+        gw.close()
 
 
 # -- serving: a full-size tenant and two prefix tenants, side by side ---------------------------
@@ -428,13 +438,10 @@ def test_an_adapter_is_validated_against_the_served_prefix(
 # -- collections querylift did not make -----------------------------------------------------------
 def foreign(gw: QdrantGateway, name: str, vecs: np.ndarray) -> None:
     """Your own code's collection, at some size, with no querylift metadata."""
-    gw.client.create_collection(
+    gw.create_collection(name, {"": VectorInfo(vecs.shape[1], "Cosine")}, tenant_field="tenant")
+    gw.upsert(
         name,
-        vectors_config=models.VectorParams(size=vecs.shape[1], distance=models.Distance.COSINE),
-    )
-    gw.client.upsert(
-        name,
-        points=[
+        [
             models.PointStruct(id=i, vector=v.tolist(), payload={"doc_id": d.id, "tenant": "acme"})
             for i, (d, v) in enumerate(zip(DOCS, vecs, strict=True))
         ],
@@ -540,14 +547,12 @@ def test_a_collection_indexed_at_a_prefix_while_serving(
     # `querylift index --dim` in another process: the collection appears without this
     # replica's gateway looking it up
     cut = truncate(document_encoder.encode([d.text for d in GLOBEX_DOCS], "document").vectors, n)
-    gateway.client.create_collection(
-        "late",
-        vectors_config=models.VectorParams(size=n, distance=models.Distance.COSINE),
-        metadata=collection_metadata(document_encoder, n),
+    gateway.backend.create_collection(
+        "late", {"": VectorInfo(n, "Cosine")}, collection_metadata(document_encoder, n)
     )
-    gateway.client.upsert(
+    gateway.backend.upsert(
         "late",
-        points=[
+        [
             models.PointStruct(
                 id=point_id("globex", d.id),
                 vector=v.tolist(),
