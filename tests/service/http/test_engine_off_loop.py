@@ -105,5 +105,10 @@ def test_healthz_answers_while_the_largest_engine_call_runs(
     during = [(a, b) for a, b in probes if any(s <= a and b <= e for s, e in calls)]
     # the engine's calls are long enough to probe inside them, and every probe was quick
     assert len(during) >= 5, (len(during), [round(e - s, 4) for s, e in calls])
-    slowest = max(b - a for a, b in probes)
-    assert slowest < 0.05, f"/healthz took {slowest * 1000:.1f} ms while Edge searched"
+    # within 50 ms (p95: a 2-core box shared with other work may starve a thread now and
+    # then), and never as long as a search: a blocked loop would make a probe wait for one
+    waits = sorted(b - a for a, b in during)
+    p95 = waits[int(0.95 * (len(waits) - 1))]
+    assert p95 < 0.05, f"/healthz p95 {p95 * 1000:.1f} ms while Edge searched"
+    shortest_call = min(e - s for s, e in calls)
+    assert waits[-1] < shortest_call, (waits[-1], shortest_call)
