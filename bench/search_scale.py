@@ -5,13 +5,16 @@
 
 Per size, one collection laid out as `querylift index` lays it out (payload `tenant`,
 `doc_id`, `text`; point ids uuid5(tenant, doc id); the tenant field indexed is_tenant; the
-collection's metadata names the document model), written through the gateway
-(`QdrantGateway.upsert` in batches, then `build_index`, which runs Edge's optimize() in a child
-process) with the HNSW settings the service would use (`QUERYLIFT_QDRANT_HNSW_*`, defaults
-m=16, ef_construct=100, hnsw_ef=128). Then:
+collection's metadata names the document model), written as `querylift index` writes it (the
+gateway with the engine in this process: `QdrantGateway.upsert` in batches, then
+`build_index`, which runs Edge's optimize() in a child process) with the HNSW settings the
+service would use (`QUERYLIFT_QDRANT_HNSW_*`, defaults m=16, ef_construct=100, hnsw_ef=128).
+Then:
 
-- gateway alone: `QdrantGateway.search` in this process, the tenant filter as /search adds it,
-  one query at a time after a warm-up: p50/p99 and recall@10;
+- gateway alone: `QdrantGateway.search`, the tenant filter as /search adds it, one query at a
+  time after a warm-up: p50/p99 and recall@10, twice: opened as the service opens the folder
+  (the engine in its own process, each call over a pipe: service/search/edge_process.py) and
+  with the engine in this process (what the pipe costs);
 - through the service: a real `querylift serve` on loopback in development mode (tenant
   `default`, no adapter: queries are encoded by the document model, raw-vector cache off so
   every request encodes), concurrency 1, each query text sent once to /embed and once to
@@ -20,7 +23,8 @@ m=16, ef_construct=100, hnsw_ef=128). Then:
   search step (`timings_ms.search`) and its share of the request, /embed p50, and recall@10
   of the served answers: each query's exact top 10 is computed from the vector /embed
   returned for the same text (the vector /search searched with);
-- the folder's disk use (du), and the serving process's resident memory after the queries.
+- the folder's disk use (du), and the resident memory of the serving process and the
+  processes it started (its engine process and that one's fork server) after the queries.
 
 Recall@10 is against numpy brute force (float32 dot products of unit vectors, what Edge's
 exact search computes); a returned point counts as found when it is in the exact top 10 or
@@ -235,6 +239,37 @@ def memory_of(pid: int) -> dict[str, float]:
     return out
 
 
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, name) of every process below `pid`: the service's engine process hangs off
+    its fork server."""
+    parents: dict[int, list[tuple[int, str]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append((int(stat.parent.name), name))
+    out: list[tuple[int, str]] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+def tree_memory(pid: int) -> dict[str, Any]:
+    """The serving process and everything it started (fork server, engine process)."""
+    procs = {"serve": memory_of(pid)}
+    for child, name in descendants(pid):
+        with contextlib.suppress(OSError):
+            procs[f"{name} ({child})"] = memory_of(child)
+    total = {k: sum(p.get(k, 0.0) for p in procs.values()) for k in ("VmRSS", "RssAnon", "RssFile")}
+    return {"total": total, "processes": procs}
+
+
 def target() -> SearchTarget:
     """The development tenant's target, as the service resolves it from the settings."""
     return SearchTarget(
@@ -318,7 +353,7 @@ class Served:
     ids: list[list[int]] = field(default_factory=list)
     scores: list[list[float]] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
-    memory: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
     ready_s: float = 0.0
     load: float = 0.0  # the 1-minute load average when the queries ended (2 shared cores)
 
@@ -382,7 +417,7 @@ def serve_and_measure(
     with server_process(env, work / "server.log", timeout_s=600) as (url, pid):
         served.ready_s = time.perf_counter() - t0
         asyncio.run(paired_requests(url, texts, warmup, quiet_s, served))
-        served.memory = memory_of(pid)
+        served.memory = tree_memory(pid)
         served.load = os.getloadavg()[0]
     return served
 
@@ -479,16 +514,42 @@ class Row:
     build_s: float | None = None
     built: dict[str, Any] | None = None
     disk_mb: float = float("nan")
-    gateway: dict[str, dict[str, float]] = field(default_factory=dict)  # set -> p50/p99/recall
+    # query set -> p50/p99/recall: through the gateway as the service opens the folder (the
+    # engine in its own process), and with the engine in this process (no pipe)
+    gateway: dict[str, dict[str, float]] = field(default_factory=dict)
+    in_process: dict[str, dict[str, float]] = field(default_factory=dict)
     service: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None
+
+
+def score_queries(
+    gw: QdrantGateway,
+    ds: DataSet,
+    exact: dict[str, tuple[np.ndarray, np.ndarray]],
+    warmup: int,
+    label: str,
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name, qv in ds.gateway_queries.items():
+        ans = gateway_queries(gw, qv, warmup)
+        rec = recall_at_k(ans.ids, ans.scores, *exact[name])
+        out[name] = {
+            "p50_ms": pct(ans.ms, 50),
+            "p99_ms": pct(ans.ms, 99),
+            "recall": float(rec.mean()),
+            "recall_min": float(rec.min()),
+            "queries": len(qv),
+        }
+        print(f"  {label} {name}: {out[name]}", flush=True)
+    return out
 
 
 def measure(ds: DataSet, args: argparse.Namespace, hnsw: Any, metadata: dict[str, object]) -> Row:
     row = Row(ds.kind, ds.n)
     folder = Path(tempfile.mkdtemp(prefix=f"scale-{ds.n}-", dir=args.work))
     try:
-        gw = QdrantGateway(path=str(folder), hnsw=hnsw)
+        # written as `querylift index` writes: the engine in this process
+        gw = QdrantGateway(path=str(folder), hnsw=hnsw, in_process=True)
         try:
             print(f"[{ds.kind} n={ds.n}] upserting", flush=True)
             ix = index_set(gw, ds, metadata, args.upsert_batch, progress=ds.n >= 200_000)
@@ -499,18 +560,14 @@ def measure(ds: DataSet, args: argparse.Namespace, hnsw: Any, metadata: dict[str
                 f"built {ix.built}",
                 flush=True,
             )
-            for name, qv in ds.gateway_queries.items():
-                ans = gateway_queries(gw, qv, args.warmup)
-                ex_i, ex_s = exact_topk(ds.base, qv)
-                rec = recall_at_k(ans.ids, ans.scores, ex_i, ex_s)
-                row.gateway[name] = {
-                    "p50_ms": pct(ans.ms, 50),
-                    "p99_ms": pct(ans.ms, 99),
-                    "recall": float(rec.mean()),
-                    "recall_min": float(rec.min()),
-                    "queries": len(qv),
-                }
-                print(f"  gateway {name}: {row.gateway[name]}", flush=True)
+            exact = {name: exact_topk(ds.base, qv) for name, qv in ds.gateway_queries.items()}
+            row.in_process = score_queries(gw, ds, exact, args.warmup, "in-process")
+        finally:
+            gw.close()
+        # as the service opens it: the engine in its own process, each call over a pipe
+        gw = QdrantGateway(path=str(folder), hnsw=hnsw)
+        try:
+            row.gateway = score_queries(gw, ds, exact, args.warmup, "gateway")
         finally:
             gw.close()
         row.disk_mb = disk_bytes(folder) / 2**20
@@ -559,6 +616,18 @@ def measure(ds: DataSet, args: argparse.Namespace, hnsw: Any, metadata: dict[str
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def memory_cell(mem: dict[str, Any]) -> str:
+    """Total RSS of the serving process tree (the serve process; its engine process and fork
+    server), MiB."""
+    if not mem:
+        return ""
+    if "total" not in mem:  # a run from before the engine had its own process
+        return fmt(mem.get("VmRSS"), ".0f")
+    serve = mem["processes"]["serve"]["VmRSS"]
+    total = mem["total"]["VmRSS"]
+    return f"{total:.0f} (serve {serve:.0f}, engine + fork server {total - serve:.0f})"
+
+
 def fmt(x: float | None, spec: str = ".1f") -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -566,12 +635,12 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
 def table(rows: Sequence[Row]) -> str:
     """Two tables: what each size costs to index and hold, then how fast and how well it
     answers."""
-    head = ["data", "n", "upsert s", "HNSW build s", "segments", "disk MB", "serve RSS MB (file)"]
+    head = ["data", "n", "upsert s", "HNSW build s", "segments", "disk MB", "RSS MB while serving"]
     index = ["| " + " | ".join(head) + " |", "| :--- |" + " ---: |" * (len(head) - 1)]
     head2 = [
         "data", "n", "/embed p50 ms", "/search p50 / p99 ms", "/search - /embed p50 ms",
         "search step p50 / p99 ms", "step share", "served R@10", "gateway p50 / p99 ms",
-        "gateway R@10", "load",
+        "gateway R@10", "in-process p50 / p99 ms", "load",
     ]  # fmt: skip
     search = ["| " + " | ".join(head2) + " |", "| :--- |" + " ---: |" * (len(head2) - 1)]
     for r in rows:
@@ -580,8 +649,7 @@ def table(rows: Sequence[Row]) -> str:
             continue
         s = r.service
         build = "exact (none)" if r.build_s is None else fmt(r.build_s)
-        mem = s.get("memory_mb", {}) if s else {}
-        rss = f"{fmt(mem.get('VmRSS'), '.0f')} ({fmt(mem.get('RssFile'), '.0f')})" if mem else ""
+        rss = memory_cell(s.get("memory_mb", {})) if s else ""
         segments = str((r.built or {}).get("segments", ""))
         index.append(
             f"| {r.data} | {r.n:,} | {fmt(r.upsert_s)} | {build} | {segments} | "
@@ -592,6 +660,10 @@ def table(rows: Sequence[Row]) -> str:
             for k, v in r.gateway.items()
         )
         grec = ", ".join(f"{v['recall']:.4f} ({k})" for k, v in r.gateway.items())
+        inproc = ", ".join(
+            f"{fmt(v['p50_ms'], '.2f')} / {fmt(v['p99_ms'], '.2f')} ({k})"
+            for k, v in r.in_process.items()
+        )
         if s:
             srec = f"{s['recall']:.4f}" + ("" if s["in_distribution"] else " (OOD queries)")
             cells = [
@@ -606,7 +678,8 @@ def table(rows: Sequence[Row]) -> str:
             load_avg = fmt(s["load_avg_1m"])
         else:
             cells, load_avg = [""] * 6, ""
-        search.append("| " + " | ".join([r.data, f"{r.n:,}", *cells, gw, grec, load_avg]) + " |")
+        cols = [r.data, f"{r.n:,}", *cells, gw, grec, inproc, load_avg]
+        search.append("| " + " | ".join(cols) + " |")
     return "\n".join([*index, "", *search])
 
 

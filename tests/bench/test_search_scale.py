@@ -99,7 +99,13 @@ def test_a_tiny_search_scale_run_end_to_end(tmp_path: Path) -> None:
     assert svc["recall"] >= 0.9  # the served answers against exact search on /embed's vectors
     assert 0 < svc["step_p50_ms"] < svc["search_p50_ms"]
     assert len(svc["raw_ms"]["search"]) == 12 and "paired_diff_p50_ms" in svc
-    assert svc["memory_mb"]["VmRSS"] > 100
+    mem = svc["memory_mb"]
+    assert mem["processes"]["serve"]["VmRSS"] > 100
+    assert len(mem["processes"]) >= 3  # serve, the fork server, the engine process
+    assert mem["total"]["VmRSS"] == pytest.approx(
+        sum(p["VmRSS"] for p in mem["processes"].values())
+    )
+    assert row["in_process"]["synth"]["recall"] == gw["recall"]  # one engine, two doors
     (local,) = report["local_mode"]
     assert local["n"] == 200 and local["recall"] == 1.0  # local mode searches exactly
     md = out.with_suffix(".md").read_text()
