@@ -126,18 +126,17 @@ def test_search_returns_what_qdrant_returns_for_the_embed_vector(stack: dict[str
     vec = embeddings(
         httpx.post(f"{stack['url']}/embed", json={"input": query}, headers=auth("acme")).json()
     )[0]
-    direct = stack["gateway"].client.query_points(
+    direct = stack["gateway"].query(
         "docs",
-        query=vec.tolist(),
-        query_filter=models.Filter(
+        vec.tolist(),
+        flt=models.Filter(
             must=[models.FieldCondition(key="tenant", match=models.MatchValue(value="acme"))]
         ),
         limit=5,
-        with_payload=True,
     )
-    assert [h["id"] for h in body["results"]] == [p.payload["doc_id"] for p in direct.points]
+    assert [h["id"] for h in body["results"]] == [p.payload["doc_id"] for p in direct]
     np.testing.assert_allclose(
-        [h["score"] for h in body["results"]], [p.score for p in direct.points], atol=1e-5
+        [h["score"] for h in body["results"]], [p.score for p in direct], atol=1e-5
     )
     assert len(body["results"]) == 5
 
