@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from service.search.edge_backend import HnswSettings
 
+_WRITES = frozenset({"create_collection", "create_keyword_index", "upsert", "build_index"})
 _START_S = 60.0  # opening every shard of a large folder reads its segments
 _context: Any = None
 _context_lock = threading.Lock()
@@ -195,6 +196,9 @@ class EdgeProcess:
         self._proc = self._conn = None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One call; reads are bounded by `timeout_s` like a server's, writes (offline bulk
+        work: upserts, an index build) are not."""
+        limit = None if method in _WRITES else self.timeout_s
         with self._lock:
             if self._conn is None or not self._proc.is_alive():
                 self._stop()
@@ -204,7 +208,7 @@ class EdgeProcess:
             assert conn is not None
             try:
                 conn.send((method, args, kwargs))
-                if not conn.poll(self.timeout_s):
+                if not conn.poll(limit):
                     self._stop()  # a hung engine: the next call starts a fresh one
                     raise QdrantTimeout(
                         method, f"the embedded engine gave no answer within {self.timeout_s:g} s"
