@@ -74,7 +74,7 @@ class HnswSettings:
     m: int = 16
     ef_construct: int = 100
     full_scan_threshold_kb: int = 10_000
-    hnsw_ef: int = 128
+    hnsw_ef: int = 256
 
 
 def valid_name(name: str) -> str:
