@@ -1,8 +1,9 @@
 """Interference: live /search latency idle versus while a label-free gate activation runs.
 
-Issue 23's promise: admin work queues behind live requests, never beside them. One tenant on the
-demo corpus (embedded profile, exact Qdrant local mode, no query cache, so every request
-encodes) takes closed-loop /search traffic at `--concurrency`; the phases:
+Issue 23's promise: admin work queues behind live requests, never beside them. One tenant on
+the demo corpus (embedded profile, Qdrant Edge in its own process, exact search, no query
+cache, so every request encodes) takes closed-loop /search traffic at `--concurrency`; the
+phases:
 
 1. idle: live traffic alone for `--seconds`;
 2. the gate alone: a label-free activation (`--gate-queries` unlabelled queries x
