@@ -1,38 +1,47 @@
-"""On-disk adapter store: immutable content-addressed versions plus per-tenant bindings.
+"""The adapter store: immutable content-addressed adapter versions plus per-tenant bindings,
+behind one protocol (`AdapterStore`) with two homes, built by `open_store(location)`:
 
-Layout (a local folder, or a shared volume for several replicas):
-    <root>/adapters/<id>/{adapter.safetensors, manifest.json}
-    <root>/tenants/<tenant>.json   {"generation", "active", "history"}
-    <root>/.bindings.lock          flock taken while a binding is read-modified-written
-Every file is published by write-fsync-rename, so a crash, or a disk that fills up mid-write
-(an OSError with ENOSPC), leaves the old state readable and no temp file behind.
+- a folder (adapters/folder.py): one machine, or a volume the replicas share; every file
+  published by write-fsync-rename, binding changes under an flock;
+- an object store speaking S3 (adapters/objects.py over adapters/s3.py): replicas on several
+  machines with no shared disk; bindings replaced by compare-and-swap (`If-Match`).
+
+Both lay out the same names (under the folder, or under the URL's prefix):
+    adapters/<id>/adapter.safetensors, adapters/<id>/manifest.json   (the manifest last:
+                               an adapter exists iff its manifest does)
+    tenants/<tenant>.json      {"generation", "active", "history"}
+    generation                 a store-wide counter, bumped after every binding change
+and the evaluation's records (validation sets, gate records) under their own keys (`records`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from adapters.checkpoint import (
-    MANIFEST_FILE,
-    TENSORS_FILE,
-    Adapter,
-    CheckpointError,
-    load_checkpoint,
-    parse_checkpoint,
-    publish_checkpoint,
-)
-from adapters.fsutil import commit, discard, stage_bytes
-from adapters.names import is_safe_name
+from adapters.checkpoint import MANIFEST_FILE, TENSORS_FILE, Adapter, CheckpointError
 
-# \Z, not $: "$" also matches before a trailing newline, which would let "acme\n" through.
+SCHEMES = ("s3",)  # what QUERYLIFT_ADAPTER_STORE accepts besides a folder path
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//|$)")
+# S3's rules for a new bucket (3-63 characters; lower-case letters, digits, dots, hyphens)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*\Z")
+
+
+class StoreUnavailable(OSError):
+    """The store could not be read or written (unreachable, refused, too slow): an outage,
+    not a fault of what was asked; the state it had is unchanged."""
+
+
+class BindingConflict(StoreUnavailable):
+    """A binding kept changing under a compare-and-swap until the attempts ran out."""
 
 
 class BindingEvent(BaseModel):
@@ -49,137 +58,118 @@ class TenantBinding(BaseModel):
     history: list[BindingEvent] = Field(default_factory=list)
 
 
-class AdapterStore:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        (self.root / "adapters").mkdir(parents=True, exist_ok=True)
-        (self.root / "tenants").mkdir(parents=True, exist_ok=True)
+def next_binding(
+    current: TenantBinding, adapter_id: str | None, actor: str | None
+) -> TenantBinding:
+    """`current` with one more event: the next version number, the tenant's next generation."""
+    version = max([e.version for e in current.history], default=0) + 1
+    event = BindingEvent(adapter_id=adapter_id, version=version, actor=actor)
+    return TenantBinding(
+        tenant=current.tenant,
+        generation=current.generation + 1,
+        active=event,
+        history=[*current.history, event],
+    )
 
-    # -- adapter versions -------------------------------------------------------------------
-    def _dir(self, adapter_id: str) -> Path:
-        if not is_safe_name(adapter_id):
-            raise KeyError(adapter_id)
-        return self.root / "adapters" / adapter_id
+
+def previous_adapter(current: TenantBinding) -> str | None:
+    """What a rollback re-activates: the binding before the active one (LookupError: none)."""
+    if current.active is None or len(current.history) < 2:
+        raise LookupError(f"tenant {current.tenant!r} has no previous adapter version")
+    return current.history[-2].adapter_id
+
+
+class Records(Protocol):
+    """Small documents beside the store (the evaluation's records), by relative key such as
+    `gates/acme/<id>.json`; each write replaces the whole document atomically."""
+
+    def read(self, key: str) -> bytes | None: ...
+
+    def write(self, key: str, data: bytes) -> None: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (a folder such as `gates/`), at any depth, sorted."""
+        ...
+
+
+class AdapterStore(Protocol):
+    """What the service, the CLI and the benches call; adapter ids and tenant names are
+    checked here (`adapters.names`): a bad adapter id is a KeyError, a bad tenant a ValueError.
+    An unreachable store raises `StoreUnavailable` (an OSError)."""
+
+    @property
+    def location(self) -> str:
+        """Where it is, for people: the folder, or `s3://bucket/prefix`."""
+        ...
+
+    @property
+    def records(self) -> Records: ...
 
     def put(self, tensor_bytes: bytes, manifest_bytes: bytes) -> Adapter:
-        """Validate and store; the same checkpoint always gets the same id (idempotent).
+        """Validate and store (idempotent: the same content always gets the same id)."""
+        ...
 
-        Uploading a checkpoint whose stored copy was damaged (it no longer verifies) replaces
-        that copy and bumps the generation, so every replica re-reads and serves it again.
-        """
-        adapter = parse_checkpoint(tensor_bytes, manifest_bytes)
-        final = self._dir(adapter.id)
-        if final.exists():
-            try:
-                return self.get(adapter.id)
-            except (CheckpointError, KeyError, OSError):
-                self._repair(final, tensor_bytes, adapter)
-                return adapter
-        # store the validated manifest (tensors_sha256 filled in), so the folder verifies itself
-        manifest_json = adapter.manifest.model_dump_json(indent=2).encode()
-        publish_checkpoint(final, tensor_bytes, manifest_json, staging_prefix=".upload-")
-        return adapter
+    def put_dir(self, path: Path) -> Adapter: ...
 
-    def _repair(self, final: Path, tensor_bytes: bytes, adapter: Adapter) -> None:
-        manifest_json = adapter.manifest.model_dump_json(indent=2).encode()
-        with self._bindings_lock():
-            damaged = final.with_name(f".damaged-{final.name}-{os.getpid()}")
-            if final.exists():
-                os.rename(final, damaged)  # readers see the damaged folder or none, never half
-            publish_checkpoint(final, tensor_bytes, manifest_json, staging_prefix=".upload-")
-            shutil.rmtree(damaged, ignore_errors=True)
-            self._commit_generation([])
+    def get(self, adapter_id: str) -> Adapter:
+        """The verified adapter: KeyError when absent, CheckpointError when damaged."""
+        ...
+
+    def has(self, adapter_id: str) -> bool: ...
+
+    def manifest_bytes(self, adapter_id: str) -> bytes:
+        """The stored manifest only (cheap: no tensors, not verified); KeyError when absent."""
+        ...
+
+    def ids(self) -> list[str]: ...
+
+    def binding(self, tenant: str) -> TenantBinding: ...
+
+    def activate(
+        self, tenant: str, adapter_id: str | None, actor: str | None = None
+    ) -> TenantBinding: ...
+
+    def rollback(self, tenant: str, actor: str | None = None) -> TenantBinding:
+        """Re-activate the binding before the current one (a new version); LookupError: none."""
+        ...
+
+    def delete(self, adapter_id: str) -> None:
+        """Remove an adapter version; ValueError while a tenant has it active."""
+        ...
+
+    def bound(self) -> dict[str, list[str]]:
+        """adapter id -> tenants that have it active."""
+        ...
+
+    def generation(self) -> int:
+        """The store-wide counter every binding change bumps (what replicas poll)."""
+        ...
+
+    def tenants(self) -> list[str]: ...
+
+
+class StoreBase(ABC):
+    """What both stores do the same way over their own primitives."""
+
+    @abstractmethod
+    def get(self, adapter_id: str) -> Adapter: ...
+
+    @abstractmethod
+    def put(self, tensor_bytes: bytes, manifest_bytes: bytes) -> Adapter: ...
+
+    @abstractmethod
+    def tenants(self) -> list[str]: ...
+
+    @abstractmethod
+    def binding(self, tenant: str) -> TenantBinding: ...
 
     def put_dir(self, path: Path) -> Adapter:
         path = Path(path)
         return self.put((path / TENSORS_FILE).read_bytes(), (path / MANIFEST_FILE).read_bytes())
 
-    def get(self, adapter_id: str) -> Adapter:
-        d = self._dir(adapter_id)
-        if not d.is_dir():
-            raise KeyError(adapter_id)
-        adapter = load_checkpoint(d)
-        if adapter.id != adapter_id:
-            msg = f"adapter {adapter_id}: content now hashes to {adapter.id}"
-            raise CheckpointError([f"{msg} (modified after upload)"])
-        return adapter
-
-    def ids(self) -> list[str]:
-        base = self.root / "adapters"
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-    # -- tenant bindings ----------------------------------------------------------------------
-    def _binding_path(self, tenant: str) -> Path:
-        if not is_safe_name(tenant):
-            raise ValueError(f"invalid tenant name {tenant!r}")
-        return self.root / "tenants" / f"{tenant}.json"
-
-    def binding(self, tenant: str) -> TenantBinding:
-        p = self._binding_path(tenant)
-        if not p.is_file():
-            return TenantBinding(tenant=tenant)
-        return TenantBinding.model_validate_json(p.read_bytes())
-
-    def activate(
-        self, tenant: str, adapter_id: str | None, actor: str | None = None
-    ) -> TenantBinding:
-        """Point `tenant` at `adapter_id` (None = no adapter) with the next version number.
-
-        The checkpoint is validated first, with no lock held while it is read and hashed;
-        then it must still be there under the lock that `delete` takes, when the binding is
-        written. A delete racing this call either lands first (KeyError here) or waits and
-        refuses (the adapter is bound).
-        """
-        if adapter_id is not None:
-            self.get(adapter_id)  # must exist and load cleanly
-        path = self._binding_path(tenant)
-        with self._bindings_lock():  # read-modify-write: no lost update between writers
-            if adapter_id is not None and not self._dir(adapter_id).is_dir():
-                raise KeyError(adapter_id)  # deleted since it was validated
-            b = self.binding(tenant)
-            version = max([e.version for e in b.history], default=0) + 1
-            event = BindingEvent(adapter_id=adapter_id, version=version, actor=actor)
-            new = TenantBinding(
-                tenant=tenant,
-                generation=b.generation + 1,
-                active=event,
-                history=[*b.history, event],
-            )
-            # both files are written out in full before either is renamed: a disk that fills
-            # up fails the write and changes nothing (never a binding without its generation)
-            self._commit_generation([(path, new.model_dump_json(indent=2).encode())])
-        return new
-
-    def rollback(self, tenant: str, actor: str | None = None) -> TenantBinding:
-        """Re-activate the adapter that was active before the current one (a new version).
-
-        Raises LookupError when there is nothing to go back to.
-        """
-        b = self.binding(tenant)
-        if b.active is None or len(b.history) < 2:
-            raise LookupError(f"tenant {tenant!r} has no previous adapter version")
-        previous = b.history[-2]
-        return self.activate(tenant, previous.adapter_id, actor=actor)
-
-    def delete(self, adapter_id: str) -> None:
-        """Remove an adapter version; refuses (ValueError) while a tenant has it active.
-
-        Checked and removed under the lock `activate` binds under, so no binding can name
-        an adapter that is gone.
-        """
-        d = self._dir(adapter_id)
-        with self._bindings_lock():
-            if not d.is_dir():
-                raise KeyError(adapter_id)
-            users = self.bound().get(adapter_id, [])
-            if users:
-                raise ValueError(f"adapter {adapter_id} is active for tenant(s) {users}")
-            trash = d.with_name(f".deleted-{adapter_id}")
-            os.rename(d, trash)  # atomic: readers see the whole folder or nothing
-            shutil.rmtree(trash, ignore_errors=True)
-
     def bound(self) -> dict[str, list[str]]:
-        """adapter id -> tenants that have it active."""
         out: dict[str, list[str]] = {}
         for tenant in self.tenants():
             active = self.binding(tenant).active
@@ -187,41 +177,78 @@ class AdapterStore:
                 out.setdefault(active.adapter_id, []).append(tenant)
         return out
 
-    def generation(self) -> int:
-        """A store-wide counter bumped by every binding change (replicas poll this one file)."""
-        try:
-            return int((self.root / "generation").read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
+    @staticmethod
+    def verified(adapter_id: str, adapter: Adapter) -> Adapter:
+        """`adapter` as loaded under `adapter_id`, refused when its content hashes elsewhere."""
+        if adapter.id != adapter_id:
+            msg = f"adapter {adapter_id}: content now hashes to {adapter.id}"
+            raise CheckpointError([f"{msg} (modified after upload)"])
+        return adapter
 
-    def _commit_generation(self, files: list[tuple[Path, bytes]]) -> None:
-        """Stage `files` and the next generation, then rename them in that order.
 
-        Staging (where a full disk fails) touches no final name; the renames need no space.
-        The generation goes last, so a replica that sees it also sees the files.
-        """
-        gen_path = self.root / "generation"
-        writes = [*files, (gen_path, f"{self.generation() + 1}\n".encode())]
-        pending: list[Path] = []  # staged, not yet renamed
-        try:
-            for path, data in writes:
-                pending.append(stage_bytes(path, data))
-            for (path, _), tmp in zip(writes, list(pending), strict=True):
-                commit(tmp, path)
-                pending.remove(tmp)
-        except BaseException:
-            discard(*pending)
-            raise
+# -- where a store is ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str  # "" or "a/b" (no leading or trailing slash)
 
-    @contextmanager
-    def _bindings_lock(self) -> Iterator[None]:
-        """An exclusive flock, held across threads and processes sharing this store folder."""
-        with open(self.root / ".bindings.lock", "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
-    def tenants(self) -> list[str]:
-        return sorted(p.stem for p in (self.root / "tenants").glob("*.json"))
+    def key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+
+def parse_location(value: str | os.PathLike[str]) -> Path | S3Location:
+    """A folder path, or `s3://bucket/prefix`; ValueError for any other scheme, or for an S3
+    URL that carries anything but a bucket and a prefix (credentials never come from it)."""
+    if isinstance(value, os.PathLike):
+        return Path(value)
+    text = value.strip()
+    match = _SCHEME.match(text)
+    if match is None:
+        if not text:
+            raise ValueError("the adapter store location is empty")
+        return Path(text)
+    scheme = match.group(1).lower()
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"adapter store {text!r}: the {scheme!r} scheme is not supported; give a folder path "
+            "or s3://bucket/prefix (any S3-protocol store: set AWS_ENDPOINT_URL for one that is "
+            "not AWS)"
+        )
+    rest = text[match.end() :]
+    bucket, _, prefix = rest.partition("/")
+    if "@" in bucket or ":" in bucket or "?" in rest or "#" in rest:
+        raise ValueError(
+            f"adapter store {text!r}: give s3://bucket/prefix only; credentials and the "
+            "endpoint come from the environment (AWS_* variables, profiles, roles)"
+        )
+    if not _BUCKET.match(bucket):
+        raise ValueError(
+            f"adapter store {text!r}: {bucket!r} is not a valid bucket name (3-63 characters: "
+            "lower-case letters, digits, dots, hyphens)"
+        )
+    parts = [p for p in prefix.split("/") if p] if prefix.strip("/") else []
+    if any(not _KEY_PART.match(p) for p in parts) or "//" in prefix.strip("/"):
+        raise ValueError(
+            f"adapter store {text!r}: the prefix must be /-separated names of letters, digits "
+            "and . _ = + - (each starting with a letter or digit)"
+        )
+    return S3Location(bucket, "/".join(parts))
+
+
+def open_store(location: str | os.PathLike[str]) -> AdapterStore:
+    """The store at `location` (QUERYLIFT_ADAPTER_STORE): a folder (created on first use) or
+    an S3-protocol bucket (which must exist). ValueError for a location or an endpoint that is
+    refused."""
+    where = parse_location(location)
+    if isinstance(where, S3Location):
+        from adapters.objects import ObjectStore
+        from adapters.s3 import S3Objects
+
+        return ObjectStore(S3Objects.connect(where))
+    from adapters.folder import FolderStore
+
+    return FolderStore(where)

@@ -31,7 +31,7 @@ import numpy as np
 
 from adapters import Adapter, AdapterKind, Manifest
 from adapters.checkpoint import serialize
-from adapters.store import AdapterStore
+from adapters.store import open_store
 from bench import load
 from encoders import Encoder, EncoderSpec, build_encoder
 from querylift.indexing import index_documents
@@ -201,7 +201,7 @@ def build_setup(models: Path, docs: int = 200, **env: str) -> Setup:
     q = load_encoder(EMBEDDED_QUERY_ENCODER, models)
     d = load_encoder(EMBEDDED_DOCUMENT_ENCODER, models)
     work = Path(tempfile.mkdtemp(prefix="querylift-bench-"))
-    store = AdapterStore(work / "store")
+    store = open_store(work / "store")
     adapter = store.put(*random_linear(q, d, 1))
     store.activate("bench", adapter.id)
     tenants = work / "tenants.json"
@@ -226,7 +226,7 @@ def build_setup(models: Path, docs: int = 200, **env: str) -> Setup:
         "QUERYLIFT_QUERY_ENCODER__PATH": str(models / "all-mpnet-base-v2"),
         "QUERYLIFT_DOCUMENT_ENCODER__PATH": str(models / "all-MiniLM-L6-v2"),
         "QUERYLIFT_TENANTS_FILE": str(tenants),
-        "QUERYLIFT_ADAPTER_STORE": str(store.root),
+        "QUERYLIFT_ADAPTER_STORE": store.location,
         "QUERYLIFT_QDRANT_PATH": str(work / "qdrant"),
         "QUERYLIFT_LOG_LEVEL": "warning",
         "QUERYLIFT_QUERY_CACHE_SIZE": "0",

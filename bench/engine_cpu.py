@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.store import AdapterStore
+from adapters.store import open_store
 from bench.common import DEMO, KEY, Run, Steal, closed_loop, random_linear, server
 from encoders import Encoder, EncoderSpec, Pooling, build_encoder
 from querylift.random_qwen3 import build_random_qwen3
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="querylift-engine-bench-"))
     doc_path = args.models_dir / "all-MiniLM-L6-v2"
     d = build_encoder(EMBEDDED_DOCUMENT_ENCODER.model_copy(update={"path": str(doc_path)}))
-    store = AdapterStore(work / "store")
+    store = open_store(work / "store")
     store.activate("bench", store.put(*random_linear(hf, d, 1)).id)
     tenant = {"name": "bench", "api_keys_sha256": [hash_key(KEY)], "collection": "bench"}
     (work / "tenants.json").write_text(json.dumps({"tenants": [tenant]}))

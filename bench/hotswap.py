@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from adapters.store import AdapterStore
+from adapters.store import open_store
 from bench.common import load_encoder, random_linear, server, summary_ms
 from service.bindings.tenants import hash_key
 from service.ops.settings import EMBEDDED_DOCUMENT_ENCODER, EMBEDDED_QUERY_ENCODER
@@ -99,7 +99,7 @@ async def run(args: argparse.Namespace) -> int:
     q = load_encoder(EMBEDDED_QUERY_ENCODER, models)
     d = load_encoder(EMBEDDED_DOCUMENT_ENCODER, models)
     work = Path(tempfile.mkdtemp(prefix="querylift-hotswap-"))
-    store = AdapterStore(work / "store")
+    store = open_store(work / "store")
     a1, a2, b = (store.put(*random_linear(q, d, s)) for s in (1, 2, 3))
     store.activate("alpha", a1.id)
     store.activate("beta", b.id)
@@ -118,7 +118,7 @@ async def run(args: argparse.Namespace) -> int:
         "QUERYLIFT_QUERY_ENCODER__PATH": str(models / "all-mpnet-base-v2"),
         "QUERYLIFT_DOCUMENT_ENCODER__PATH": str(models / "all-MiniLM-L6-v2"),
         "QUERYLIFT_TENANTS_FILE": str(tenants),
-        "QUERYLIFT_ADAPTER_STORE": str(store.root),
+        "QUERYLIFT_ADAPTER_STORE": store.location,
         "QUERYLIFT_QDRANT_PATH": str(work / "qdrant"),
         "QUERYLIFT_ADMIN_TOKEN": ADMIN,
         "QUERYLIFT_LOG_LEVEL": "warning",

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from adapters.store import AdapterStore
+from adapters.store import open_store
 from bench import load
 from bench.common import KEY, build_setup, random_linear, server, verdict
 
@@ -160,7 +160,7 @@ def main() -> int:
     if args.background_tokens:
         env["QUERYLIFT_BACKGROUND_BATCH_TOKENS"] = str(args.background_tokens)
     setup = build_setup(args.models_dir, docs=args.docs, **env)
-    store = AdapterStore(Path(setup.env["QUERYLIFT_ADAPTER_STORE"]))
+    store = open_store(setup.env["QUERYLIFT_ADAPTER_STORE"])
     alone, loaded = (
         store.put(*random_linear(setup.query_encoder, setup.document_encoder, s)).id for s in (2, 3)
     )

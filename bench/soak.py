@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from adapters.store import AdapterStore
+from adapters.store import open_store
 from bench.common import DEMO, random_linear, server_process, summary_ms
 from encoders import build_encoder
 from service.bindings.tenants import hash_key
@@ -122,7 +122,7 @@ def setup(args: argparse.Namespace, work: Path) -> tuple[dict[str, str], list[st
     finally:
         gw.close()
     print(f"setup: {len(documents)} documents indexed in {time.perf_counter() - t:.1f}s")
-    store = AdapterStore(work / "store")
+    store = open_store(work / "store")
     a1, a2 = (store.put(*random_linear(q, d, s)) for s in (1, 2))
     store.activate("alpha", a1.id, actor="soak")
     (work / "tenants.json").write_text(
@@ -139,7 +139,7 @@ def setup(args: argparse.Namespace, work: Path) -> tuple[dict[str, str], list[st
         "QUERYLIFT_QUERY_ENCODER__PATH": qspec.path,
         "QUERYLIFT_DOCUMENT_ENCODER__PATH": dspec.path,
         "QUERYLIFT_TENANTS_FILE": str(work / "tenants.json"),
-        "QUERYLIFT_ADAPTER_STORE": str(store.root),
+        "QUERYLIFT_ADAPTER_STORE": store.location,
         "QUERYLIFT_QDRANT_PATH": str(work / "qdrant"),
         "QUERYLIFT_ADMIN_TOKEN": ADMIN,
         "QUERYLIFT_LOG_LEVEL": "warning",

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from adapters.checkpoint import serialize
-from adapters.store import AdapterStore
+from adapters.store import open_store
 from encoders import Encoder
 from querylift.indexing import index_documents
 from service.ops.settings import Settings
@@ -74,7 +74,7 @@ def ensure_demo_adapter(
     demo_dir: Path = DEMO_DIR,
 ) -> tuple[str, dict[str, dict[str, float]] | None]:
     """Train the demo adapter on the demo's train claims and bind it to the dev tenant (once)."""
-    store = AdapterStore(settings.adapter_store)
+    store = open_store(settings.adapter_store)
     binding = store.binding(settings.dev_tenant)
     if binding.active is not None and binding.active.adapter_id is not None:
         return binding.active.adapter_id, None

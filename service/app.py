@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from adapters.store import AdapterStore
+from adapters.store import open_store
 from encoders import Encoder, build_encoder
 from service.admin import activation, adapters, queries, validation_sets
 from service.admin.context import admin_state
@@ -67,7 +67,7 @@ def build_runtime(
     metrics.watch_encoder("query", q)
     if d is not q:
         metrics.watch_encoder("document", d)
-    return Runtime(settings, q, d, AdapterStore(settings.adapter_store), tenants, gw, metrics)
+    return Runtime(settings, q, d, open_store(settings.adapter_store), tenants, gw, metrics)
 
 
 def _telemetry_off() -> dict[str, Any]:

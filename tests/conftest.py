@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from adapters import AdapterKind, Manifest, ModelInfo
 from adapters.checkpoint import serialize
+from adapters.folder import FolderStore
 from adapters.store import AdapterStore
 from encoders import Encoder, EncoderSpec, Pooling, build_encoder
 from querylift.models import MINILM_DIR, MPNET_DIR, is_ready
@@ -170,8 +171,8 @@ def bind_random_adapters(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> AdapterStore:
-    return AdapterStore(tmp_path / "adapters")
+def store(tmp_path: Path) -> FolderStore:
+    return FolderStore(tmp_path / "adapters")
 
 
 @pytest.fixture

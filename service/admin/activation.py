@@ -189,7 +189,7 @@ def _evaluate(
     runtime, lane = admin.runtime, admin.lane
     if lane is None:  # the lifespan builds it with the admin state
         raise APIError(503, "not_ready", "the service is still starting")
-    files = gate_files(runtime.store.root)
+    files = gate_files(runtime.store)
     validation = ask.validation or files.validation(tenant.name)
     if validation is not None:
         current = _current(runtime, tenant, previous)
@@ -296,7 +296,7 @@ def _record(
 def _save_record(runtime: Runtime, record: GateRecord) -> None:
     """Keep a gate run; a failed write is logged (the audit line has the numbers too)."""
     try:
-        gate_files(runtime.store.root).save_gate(record)
+        gate_files(runtime.store).save_gate(record)
     except OSError:
         log.exception("cannot write the gate record of %s / %s", record.tenant, record.adapter_id)
 
@@ -411,7 +411,7 @@ async def rollback_adapter(tenant: str, admin: AdminDep) -> dict[str, Any]:
 
 def _tenant_info(runtime: Runtime, tenant: Tenant, query_log: QueryLog | None) -> dict[str, Any]:
     binding = runtime.store.binding(tenant.name)
-    files = gate_files(runtime.store.root)
+    files = gate_files(runtime.store)
     validation = files.validation(tenant.name)
     queries = files.queries(tenant.name)
     gates = files.gates_for_tenant(tenant.name)

@@ -194,7 +194,7 @@ def _get(runtime: Runtime, adapter_id: str) -> dict[str, Any]:
         raise APIError(
             409, "adapter_damaged", f"adapter {adapter_id!r}: manifest unreadable ({e})"
         ) from None
-    gates = gate_files(runtime.store.root).gates_for_adapter(adapter_id)
+    gates = gate_files(runtime.store).gates_for_adapter(adapter_id)
     return {
         "id": adapter_id,
         "manifest": manifest.model_dump(mode="json"),
@@ -237,7 +237,7 @@ def _delete(admin: Admin, adapter_id: str) -> None:
         except ValueError:  # bound by another replica's admin call meanwhile
             raise in_use(runtime.store.bound().get(adapter_id, [])) from None
         runtime.adapters.discard(adapter_id)
-        gate_files(runtime.store.root).drop_adapter(adapter_id)
+        gate_files(runtime.store).drop_adapter(adapter_id)
         admin.record("delete", adapter_id=adapter_id, before={"adapter_id": adapter_id})
     log.info("admin %s deleted adapter %s", admin.actor, adapter_id)
 

@@ -39,7 +39,6 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from adapters import Manifest
-from adapters.checkpoint import MANIFEST_FILE
 from adapters.names import is_safe_name
 from adapters.store import BindingEvent, TenantBinding
 from service.admin.audit import Action, AuditLog
@@ -177,7 +176,7 @@ def valid_name(name: str) -> bool:
 
 
 def adapter_exists(runtime: Runtime, adapter_id: str) -> bool:
-    return valid_name(adapter_id) and (runtime.store.root / "adapters" / adapter_id).is_dir()
+    return valid_name(adapter_id) and runtime.store.has(adapter_id)
 
 
 def adapter_users(runtime: Runtime) -> dict[str, list[str]]:
@@ -192,10 +191,9 @@ def adapter_users(runtime: Runtime) -> dict[str, list[str]]:
 
 def read_manifest(runtime: Runtime, adapter_id: str) -> Manifest:
     """The stored manifest only (no tensors: cheap). KeyError when absent."""
-    if not adapter_exists(runtime, adapter_id):
+    if not valid_name(adapter_id):
         raise KeyError(adapter_id)
-    path = runtime.store.root / "adapters" / adapter_id / MANIFEST_FILE
-    return Manifest.model_validate_json(path.read_bytes())
+    return Manifest.model_validate_json(runtime.store.manifest_bytes(adapter_id))
 
 
 def adapter_not_found(adapter_id: str) -> APIError:

@@ -98,7 +98,7 @@ async def clear_query_log(tenant: str, admin: AdminDep) -> dict[str, Any]:
 def _set_queries(admin: Admin, tenant_name: str, body: bytes) -> dict[str, Any]:
     tenant = tenant_or_404(admin, tenant_name, "set_queries")
     settings = admin.runtime.settings
-    files = gate_files(admin.runtime.store.root)
+    files = gate_files(admin.runtime.store)
     before = files.queries(tenant.name)
     prior = before.summary() if before is not None else None
     try:
@@ -142,7 +142,7 @@ def _no_queries(tenant: str) -> APIError:
 
 def _get_queries(admin: Admin, tenant_name: str) -> dict[str, Any]:
     found = known_tenant(admin.runtime, tenant_name)
-    qs = gate_files(admin.runtime.store.root).queries(found.name)
+    qs = gate_files(admin.runtime.store).queries(found.name)
     if qs is None:
         raise _no_queries(found.name)
     return {"tenant": found.name, "queries": qs.summary(), "texts": qs.queries}
@@ -156,7 +156,7 @@ async def get_queries(tenant: str, admin: AdminDep) -> dict[str, Any]:
 
 def _delete_queries(admin: Admin, tenant_name: str) -> None:
     tenant = tenant_or_404(admin, tenant_name, "delete_queries")
-    files = gate_files(admin.runtime.store.root)
+    files = gate_files(admin.runtime.store)
     before = files.queries(tenant.name)
     if before is None or not files.delete_queries(tenant.name):
         reason = f"tenant {tenant.name!r} has no query set"

@@ -42,7 +42,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _set_validation(admin: Admin, tenant_name: str, body: bytes) -> dict[str, Any]:
     tenant = tenant_or_404(admin, tenant_name, "set_validation")
     runtime = admin.runtime
-    files = gate_files(runtime.store.root)
+    files = gate_files(runtime.store)
     before = files.validation(tenant.name)
 
     def refused(e: ServiceError) -> ServiceError:
@@ -114,7 +114,7 @@ def _no_validation(tenant: str) -> APIError:
 
 
 def _get_validation(runtime: Runtime, tenant: Tenant) -> dict[str, Any]:
-    vs = gate_files(runtime.store.root).validation(tenant.name)
+    vs = gate_files(runtime.store).validation(tenant.name)
     if vs is None:
         raise _no_validation(tenant.name)
     return {
@@ -133,7 +133,7 @@ async def get_validation(tenant: str, admin: AdminDep) -> dict[str, Any]:
 
 def _delete_validation(admin: Admin, tenant_name: str) -> None:
     tenant = tenant_or_404(admin, tenant_name, "delete_validation")
-    files = gate_files(admin.runtime.store.root)
+    files = gate_files(admin.runtime.store)
     before = files.validation(tenant.name)
     if before is None or not files.delete_validation(tenant.name):
         reason = f"tenant {tenant.name!r} has no validation set"

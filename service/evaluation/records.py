@@ -1,6 +1,7 @@
 """Gate records and where the evaluation's files live: validation sets, query sets and the
-latest gate run of each (tenant, adapter), beside the adapter store's own folders (every file
-written by fsync + rename):
+latest gate run of each (tenant, adapter), on the adapter store beside its own keys (files in
+its folder written by fsync + rename, or objects in its bucket, each replaced whole), so every
+replica reads the same ones:
     <store>/validation/<tenant>.json          the tenant's validation set
     <store>/queries/<tenant>.json             its unlabelled query set (the label-free gate)
     <store>/gates/<tenant>/<adapter id>.json  the latest gate run of that adapter for the tenant
@@ -11,15 +12,13 @@ Gate records live outside the checkpoint: a manifest's content is its id (adapte
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters.fsutil import atomic_write_bytes
 from adapters.gate import GateReport
 from adapters.names import is_safe_name
+from adapters.store import AdapterStore, Records
 from service.evaluation.sets import QuerySet, ValidationSet
 
 log = logging.getLogger(__name__)
@@ -71,10 +70,11 @@ class GateRecord(BaseModel):
 
 
 class GateFiles:
-    """Validation sets and gate records in the adapter store folder (shared by replicas)."""
+    """Validation sets, query sets and gate records on the adapter store (`AdapterStore.records`:
+    files in its folder, or objects beside its keys), so every replica sees the same ones."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, records: Records) -> None:
+        self.records = records
 
     @staticmethod
     def _name(name: str) -> str:
@@ -82,87 +82,86 @@ class GateFiles:
             raise KeyError(name)
         return name
 
-    def _validation_path(self, tenant: str) -> Path:
-        return self.root / "validation" / f"{self._name(tenant)}.json"
+    def _validation_key(self, tenant: str) -> str:
+        return f"validation/{self._name(tenant)}.json"
 
-    def _gate_path(self, tenant: str, adapter_id: str) -> Path:
-        return self.root / "gates" / self._name(tenant) / f"{self._name(adapter_id)}.json"
+    def _gate_key(self, tenant: str, adapter_id: str) -> str:
+        return f"gates/{self._name(tenant)}/{self._name(adapter_id)}.json"
 
-    def _queries_path(self, tenant: str) -> Path:
-        return self.root / "queries" / f"{self._name(tenant)}.json"
+    def _queries_key(self, tenant: str) -> str:
+        return f"queries/{self._name(tenant)}.json"
 
-    @staticmethod
-    def _read(path: Path, model: type[_Set]) -> _Set | None:
-        return model.model_validate_json(path.read_bytes()) if path.is_file() else None
-
-    @staticmethod
-    def _remove(path: Path) -> bool:
-        if not path.is_file():
-            return False
-        path.unlink()
-        return True
+    def _read(self, key: str, model: type[_Set]) -> _Set | None:
+        data = self.records.read(key)
+        return model.model_validate_json(data) if data is not None else None
 
     def save_queries(self, qs: QuerySet) -> None:
-        atomic_write_bytes(self._queries_path(qs.tenant), qs.model_dump_json().encode())
+        self.records.write(self._queries_key(qs.tenant), qs.model_dump_json().encode())
 
     def queries(self, tenant: str) -> QuerySet | None:
-        return self._read(self._queries_path(tenant), QuerySet)
+        return self._read(self._queries_key(tenant), QuerySet)
 
     def delete_queries(self, tenant: str) -> bool:
-        return self._remove(self._queries_path(tenant))
+        return self.records.delete(self._queries_key(tenant))
 
     def save_validation(self, vs: ValidationSet) -> None:
-        atomic_write_bytes(self._validation_path(vs.tenant), vs.model_dump_json().encode())
+        self.records.write(self._validation_key(vs.tenant), vs.model_dump_json().encode())
 
     def validation(self, tenant: str) -> ValidationSet | None:
-        return self._read(self._validation_path(tenant), ValidationSet)
+        return self._read(self._validation_key(tenant), ValidationSet)
 
     def delete_validation(self, tenant: str) -> bool:
-        return self._remove(self._validation_path(tenant))
+        return self.records.delete(self._validation_key(tenant))
 
     def save_gate(self, record: GateRecord) -> None:
-        path = self._gate_path(record.tenant, record.adapter_id)
-        atomic_write_bytes(path, record.model_dump_json(indent=2).encode())
+        key = self._gate_key(record.tenant, record.adapter_id)
+        self.records.write(key, record.model_dump_json(indent=2).encode())
 
     def gate(self, tenant: str, adapter_id: str) -> GateRecord | None:
         try:
-            path = self._gate_path(tenant, adapter_id)
+            key = self._gate_key(tenant, adapter_id)
         except KeyError:
             return None
-        if not path.is_file():
-            return None
         try:
-            return GateRecord.model_validate_json(path.read_bytes())
+            data = self.records.read(key)
+            return GateRecord.model_validate_json(data) if data is not None else None
         except (OSError, ValidationError) as e:
-            log.error("gate record %s unreadable: %s", path, e)
+            log.error("gate record %s unreadable: %s", key, e)
             return None
 
+    def _gate_keys(self) -> list[tuple[str, str]]:
+        """(tenant, adapter id) of every stored gate record."""
+        out = []
+        for key in self.records.keys("gates/"):
+            parts = key.split("/")
+            if len(parts) == 3 and parts[2].endswith(".json"):
+                tenant, adapter_id = parts[1], parts[2].removesuffix(".json")
+                if is_safe_name(tenant) and is_safe_name(adapter_id):
+                    out.append((tenant, adapter_id))
+        return out
+
     def gates_for_tenant(self, tenant: str) -> dict[str, GateRecord]:
-        folder = self.root / "gates" / self._name(tenant)
+        self._name(tenant)
         out = {}
-        for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            record = self.gate(tenant, p.stem)
-            if record is not None:
-                out[p.stem] = record
+        for t, adapter_id in self._gate_keys():
+            if t == tenant and (record := self.gate(tenant, adapter_id)) is not None:
+                out[adapter_id] = record
         return out
 
     def gates_for_adapter(self, adapter_id: str) -> dict[str, GateRecord]:
-        base = self.root / "gates"
         out = {}
-        for folder in sorted(base.iterdir()) if base.is_dir() else []:
-            if folder.is_dir() and (folder / f"{adapter_id}.json").is_file():
-                record = self.gate(folder.name, adapter_id)
-                if record is not None:
-                    out[folder.name] = record
+        for tenant, a in self._gate_keys():
+            if a == adapter_id and (record := self.gate(tenant, adapter_id)) is not None:
+                out[tenant] = record
         return out
 
     def drop_adapter(self, adapter_id: str) -> None:
         """Forget a deleted adapter's gate records."""
         self._name(adapter_id)
-        base = self.root / "gates"
-        for path in base.glob(f"*/{adapter_id}.json") if base.is_dir() else []:
-            os.unlink(path)
+        for tenant, a in self._gate_keys():
+            if a == adapter_id:
+                self.records.delete(self._gate_key(tenant, adapter_id))
 
 
-def gate_files(store_root: Path) -> GateFiles:
-    return GateFiles(store_root)
+def gate_files(store: AdapterStore) -> GateFiles:
+    return GateFiles(store.records)

@@ -15,7 +15,8 @@ import pytest
 
 from adapters import AdapterKind, CheckpointError, Manifest, ModelInfo, fsutil, save_checkpoint
 from adapters.checkpoint import MANIFEST_FILE, TENSORS_FILE, serialize
-from adapters.store import AdapterStore, TenantBinding
+from adapters.folder import FolderStore as AdapterStore
+from adapters.store import TenantBinding
 
 DIN, DOUT = 10, 4
 

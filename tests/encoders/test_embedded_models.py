@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapters.checkpoint import serialize
-from adapters.store import AdapterStore
+from adapters.folder import FolderStore
 from encoders import build_encoder
 from querylift.demo import DEMO_DIR
 from querylift.models import MINILM_DIR, MPNET_DIR
@@ -90,7 +90,7 @@ def test_search_through_an_alignment_adapter(tmp_path, encoders, gateway, docs):
     weight, bias = ridge_fit(
         q.encode(texts, "document").vectors, d.encode(texts, "document").vectors, alpha=1.0
     )
-    store = AdapterStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     manifest = alignment_manifest(q, d, alpha=1.0, n_texts=len(texts), data="test titles")
     adapter = store.put(*serialize(manifest, {"weight": weight, "bias": bias}))
     store.activate("default", adapter.id)

@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from adapters.store import AdapterStore
+from adapters.folder import FolderStore
 from encoders import Encoder, EncoderSpec
 from encoders.engine_errors import EncoderTimeout
 from encoders.vllm_backend import VLLMEncoder
@@ -77,7 +77,7 @@ def start_server(
     tmp_path: Path, engine_model: Path, doc_spec: EncoderSpec, document_encoder: Encoder
 ) -> Iterator[Any]:
     """`querylift serve` on the engine; the dev tenant has an adapter, so queries use vLLM."""
-    store = AdapterStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     spec = engine_spec(engine_model, timeout_s=REQUEST_TIMEOUT_S)
     adapter = store.put(*make_linear(fake_encoder(spec.name, 256), document_encoder, 3))
     store.activate("default", adapter.id)

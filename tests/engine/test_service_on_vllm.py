@@ -22,7 +22,7 @@ import pytest
 from pydantic import SecretStr
 from qdrant_client import models
 
-from adapters.store import AdapterStore
+from adapters.folder import FolderStore
 from encoders import Encoder
 from service.app import create_app
 from service.ops.settings import Settings
@@ -61,7 +61,7 @@ def stack(
     document_encoder: Encoder,
 ) -> Iterator[dict[str, Any]]:
     """A live service on the engine: acme and globex with their own adapters, initech none."""
-    store = AdapterStore(tmp_path / "adapters")
+    store = FolderStore(tmp_path / "adapters")
     ids = bind_random_adapters(store, vllm_encoder, document_encoder)
     gateway = QdrantGateway(path=":memory:")
     index_docs(gateway, document_encoder, "acme", DOCS)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from adapters.compat import compatibility_problems
-from adapters.store import AdapterStore
+from adapters.folder import FolderStore
 from querylift.cli import app as cli
 from service.app import create_app
 from service.ops.settings import Settings
@@ -66,7 +66,7 @@ def test_distilled_adapter_fits_the_encoders_and_the_service_serves_it(
     assert training["counts"]["held_out_queries"] == 4  # 10% of 40
     assert 0 <= out.stats["agreement"]["held_out"]["student"] <= 1
 
-    store = AdapterStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     adapter = store.put(*out.checkpoint)
     assert adapter.id == out.adapter.id
     store.activate("default", adapter.id)

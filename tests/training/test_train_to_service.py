@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from adapters.store import AdapterStore
+from adapters.folder import FolderStore
 from querylift.cli import app as cli
 from service.app import create_app
 from service.ops.settings import Settings
@@ -84,7 +84,7 @@ def test_trained_checkpoint_serves_and_reproduces_eval(
     eval_ndcg = manifest["evaluation"]["metrics"]["ndcg@10"]
 
     # the service takes the checkpoint as written
-    store = AdapterStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     adapter = store.put_dir(out / "checkpoint")
     store.activate("default", adapter.id)
     settings = Settings(adapter_store=store.root, qdrant_path=tmp_path / "q")

@@ -9,13 +9,13 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from adapters.store import AdapterStore
+from adapters.folder import FolderStore
 from tests.conftest import admin_headers, assert_error, make_linear
 
 
 def test_a_delete_between_validation_and_bind_is_a_404(
     start_admin: Callable[..., TestClient],
-    store: AdapterStore,
+    store: FolderStore,
     adapters_bound: dict[str, str],
     query_encoder,
     document_encoder,
@@ -28,7 +28,7 @@ def test_a_delete_between_validation_and_bind_is_a_404(
     real = runtime.store.activate
 
     def deleted_meanwhile(tenant, adapter_id, actor=None):
-        AdapterStore(store.root).delete(adapter_id)  # another replica, same store
+        FolderStore(store.root).delete(adapter_id)  # another replica, same store
         return real(tenant, adapter_id, actor=actor)
 
     monkeypatch.setattr(runtime.store, "activate", deleted_meanwhile)

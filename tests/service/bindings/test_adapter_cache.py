@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from adapters.store import AdapterStore
+from adapters.folder import FolderStore
 from service.bindings.adapter_cache import AdapterCache
 from service.ops.metrics import Metrics
 from tests.conftest import make_linear
 
 
 def test_lru_cache_evicts_least_recent_and_keeps_pins(tmp_path, query_encoder, document_encoder):
-    store = AdapterStore(tmp_path / "s")
+    store = FolderStore(tmp_path / "s")
     ids = [store.put(*make_linear(query_encoder, document_encoder, s)).id for s in range(4)]
     one = store.get(ids[0]).nbytes
     metrics = Metrics()

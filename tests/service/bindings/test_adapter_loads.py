@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 import service.bindings.bindings
 from adapters import Adapter, CheckpointError, Manifest
 from adapters.checkpoint import serialize
+from adapters.folder import FolderStore
 from adapters.store import AdapterStore
 from encoders import Encoder
 from service.bindings.adapter_cache import AdapterCache
@@ -129,8 +130,8 @@ def test_32_requests_missing_one_adapter_load_it_once_off_the_loop(
 @pytest.fixture
 def one_adapter(
     tmp_path: Any, query_encoder: Encoder, document_encoder: Encoder
-) -> tuple[AdapterStore, str]:
-    store = AdapterStore(tmp_path / "s")
+) -> tuple[FolderStore, str]:
+    store = FolderStore(tmp_path / "s")
     return store, store.put(*make_linear(query_encoder, document_encoder, 3)).id
 
 

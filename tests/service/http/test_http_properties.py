@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from adapters.store import AdapterStore
+from adapters.folder import FolderStore
 from encoders import Encoder
 from service.app import create_app
 from service.ops.settings import Settings
@@ -61,7 +61,7 @@ def api(
     adapter; initech has none; the admin API is on."""
     root = tmp_path_factory.mktemp("props")
     tenants = write_tenants(root / "tenants.json", docs_tenants())
-    store = AdapterStore(root / "adapters")
+    store = FolderStore(root / "adapters")
     bind_random_adapters(store, query_encoder, document_encoder)
     gw = shared_collection(
         document_encoder, [Document("g1", "globex secret malaria plan", {"topic": "malaria"})]
