@@ -8,7 +8,7 @@ Per size, one collection laid out as `querylift index` lays it out (payload `ten
 collection's metadata names the document model), written as `querylift index` writes it (the
 gateway with the engine in this process: `QdrantGateway.upsert` in batches, then
 `build_index`, which runs Edge's optimize() in a child process) with the HNSW settings the
-service would use (`QUERYLIFT_QDRANT_HNSW_*`, defaults m=16, ef_construct=100, hnsw_ef=128).
+service would use (`QUERYLIFT_QDRANT_HNSW_*`, defaults m=32, ef_construct=200, hnsw_ef=256).
 Then:
 
 - gateway alone: `QdrantGateway.search`, the tenant filter as /search adds it, one query at a
@@ -552,13 +552,29 @@ def score_queries(
 
 def measure(ds: DataSet, args: argparse.Namespace, hnsw: Any, metadata: dict[str, object]) -> Row:
     row = Row(ds.kind, ds.n)
-    folder = Path(tempfile.mkdtemp(prefix=f"scale-{ds.n}-", dir=args.work))
+    # a kept folder is named by what it holds, so `--reuse` finds it again (the data are seeded)
+    kept = args.work / f"scale-{ds.kind.replace('+', '-')}-{ds.n}-m{hnsw.m}-efc{hnsw.ef_construct}"
+    record = kept.with_name(kept.name + ".json")  # beside it: the folder is the engine's
+    reuse = args.reuse and record.is_file()
+    if args.keep or reuse:
+        folder = kept
+        if not reuse:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=f"scale-{ds.n}-", dir=args.work))
     try:
         # written as `querylift index` writes: the engine in this process
         gw = QdrantGateway(path=str(folder), hnsw=hnsw, in_process=True)
         try:
-            print(f"[{ds.kind} n={ds.n}] upserting", flush=True)
-            ix = index_set(gw, ds, metadata, args.upsert_batch, progress=ds.n >= 200_000)
+            if reuse:
+                ix = Indexed(**json.loads(record.read_text()))
+                print(f"[{ds.kind} n={ds.n}] reusing {folder} (indexed earlier)", flush=True)
+            else:
+                print(f"[{ds.kind} n={ds.n}] upserting", flush=True)
+                ix = index_set(gw, ds, metadata, args.upsert_batch, progress=ds.n >= 200_000)
+                if args.keep:
+                    record.write_text(json.dumps(asdict(ix)))
             row.upsert_s, row.build_s, row.built = ix.upsert_s, ix.build_s, ix.built
             print(
                 f"  upsert {ix.upsert_s:.1f} s, HNSW build "
@@ -621,7 +637,7 @@ def measure(ds: DataSet, args: argparse.Namespace, hnsw: Any, metadata: dict[str
         print(f"  service: { {k: v for k, v in row.service.items() if k != 'raw_ms'} }", flush=True)
         return row
     finally:
-        if args.keep:
+        if args.keep or reuse:
             print(f"  kept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
@@ -784,7 +800,17 @@ def main() -> None:
                     help="do not build a size predicted to take longer")  # fmt: skip
     ap.add_argument("--work", type=Path, default=Path("var/bench/search_scale-work"))
     ap.add_argument("--out", type=Path, default=Path("var/bench/search_scale"), help="OUT.json/.md")
-    ap.add_argument("--keep", action="store_true", help="keep the shard folders")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the shard folders (named by data, size and HNSW settings)",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="measure a folder an earlier --keep run indexed instead of indexing "
+        "again (its upsert and build times are the earlier run's)",
+    )
     ap.add_argument("--big-from", type=int, default=200_000,
                     help="sizes above this run after local mode")  # fmt: skip
     ap.add_argument(

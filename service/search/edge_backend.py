@@ -71,8 +71,8 @@ class HnswSettings:
     """Index parameters new collections get, and the search's `ef` (chosen by measured recall
     on real embeddings: bench/edge_recall.py)."""
 
-    m: int = 16
-    ef_construct: int = 100
+    m: int = 32
+    ef_construct: int = 200
     full_scan_threshold_kb: int = 10_000
     hnsw_ef: int = 256
 
