@@ -1,5 +1,6 @@
 """The adapter store: immutable content-addressed adapter versions plus per-tenant bindings,
-behind one protocol (`AdapterStore`) with two homes, built by `open_store(location)`:
+behind one protocol (`AdapterStore`) with two homes, built by `open_store(location)` (in
+adapters/stores.py, which knows every kind; this module imports none of them):
 
 - a folder (adapters/folder.py): one machine, or a volume the replicas share; every file
   published by write-fsync-rename, binding changes under an flock;
@@ -237,18 +238,3 @@ def parse_location(value: str | os.PathLike[str]) -> Path | S3Location:
             "and . _ = + - (each starting with a letter or digit)"
         )
     return S3Location(bucket, "/".join(parts))
-
-
-def open_store(location: str | os.PathLike[str]) -> AdapterStore:
-    """The store at `location` (QUERYLIFT_ADAPTER_STORE): a folder (created on first use) or
-    an S3-protocol bucket (which must exist). ValueError for a location or an endpoint that is
-    refused."""
-    where = parse_location(location)
-    if isinstance(where, S3Location):
-        from adapters.objects import ObjectStore
-        from adapters.s3 import S3Objects
-
-        return ObjectStore(S3Objects.connect(where))
-    from adapters.folder import FolderStore
-
-    return FolderStore(where)

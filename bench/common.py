@@ -31,7 +31,7 @@ import numpy as np
 
 from adapters import Adapter, AdapterKind, Manifest
 from adapters.checkpoint import serialize
-from adapters.store import open_store
+from adapters.stores import open_store
 from bench import load
 from encoders import Encoder, EncoderSpec, build_encoder
 from querylift.indexing import index_documents

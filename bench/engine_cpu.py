@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.store import open_store
+from adapters.stores import open_store
 from bench.common import DEMO, KEY, Run, Steal, closed_loop, random_linear, server
 from encoders import Encoder, EncoderSpec, Pooling, build_encoder
 from querylift.random_qwen3 import build_random_qwen3

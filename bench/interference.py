@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from adapters.store import open_store
+from adapters.stores import open_store
 from bench import load
 from bench.common import KEY, build_setup, random_linear, server, verdict
 

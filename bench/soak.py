@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from adapters.store import open_store
+from adapters.stores import open_store
 from bench.common import DEMO, random_linear, server_process, summary_ms
 from encoders import build_encoder
 from service.bindings.tenants import hash_key

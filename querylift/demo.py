@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from adapters.checkpoint import serialize
-from adapters.store import open_store
+from adapters.stores import open_store
 from encoders import Encoder
 from querylift.indexing import index_documents
 from service.ops.settings import Settings

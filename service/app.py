@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from adapters.store import open_store
+from adapters.stores import open_store
 from encoders import Encoder, build_encoder
 from service.admin import activation, adapters, queries, validation_sets
 from service.admin.context import admin_state
@@ -130,7 +130,12 @@ def create_app(
             for note in found.notes:
                 log.warning("search target of tenant %r: %s", found.target.tenant, note)
         # replicas sharing the store pick up swaps made elsewhere (last_sync_ok: freshness)
-        replica_sync = ReplicaSync(runtime, settings.adapter_sync_interval_s, metrics)
+        replica_sync = ReplicaSync(
+            runtime,
+            settings.adapter_sync_interval_s,
+            metrics,
+            stale_after_s=settings.adapter_stale_after_s,
+        )
         app.state.replica_sync = replica_sync
         replica_sync.start()
         # one task merges concurrent embed requests into batches on one worker thread

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from anyio import to_thread
@@ -27,7 +26,6 @@ from service.admin.context import (
 from service.evaluation.records import gate_files
 from service.http.errors import APIError
 from service.http.limits import capped, check_declared, declared_length
-from service.ops.settings import Settings
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,10 +35,6 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 MAX_TENSOR_BYTES = 512 << 20  # adapter.safetensors
 MAX_MANIFEST_BYTES = 1 << 20  # manifest.json
 _MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers
-
-
-def audit_path(settings: Settings) -> Path:
-    return settings.audit_log or Path(settings.adapter_store) / "audit.log"
 
 
 # -- upload ------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ _MAX_ACTOR_CHARS = 128
 
 
 def audit_path(settings: Settings) -> Path:
-    return settings.audit_log or Path(settings.adapter_store) / "audit.log"
+    return settings.audit_log or settings.beside_store("audit.log")
 
 
 # -- auth and per-app state --------------------------------------------------------------------
@@ -80,7 +80,7 @@ def admin_state(
         query_log,
         TeacherCache(
             settings.gate_teacher_cache_entries,
-            settings.gate_teacher_cache_dir or Path(settings.adapter_store) / "teacher-cache",
+            settings.gate_teacher_cache_dir or settings.beside_store("teacher-cache"),
         ),
         lane,
     )

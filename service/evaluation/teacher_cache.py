@@ -5,7 +5,8 @@ The teacher (the query encoder on each candidate's text) is nearly all of a gate
 on the embedded CPU profile 40 queries x 30 candidates took about 200 s, for the same
 documents every time (a query's candidates depend on the document model and the collection,
 never on the adapter being gated). So the vectors stay in memory (an LRU by entries) and go to
-disk, in the adapter store by default, where a restarted service or another replica finds them.
+disk, beside a folder adapter store by default (a local `var/teacher-cache` with an object
+store), where a restarted service (or, on a shared folder, another replica) finds them.
 
 On disk: one folder per encoder fingerprint (named by its hash), holding shards that are
 safetensors files of `keys` (uint8 [n, 32], each text's sha256) and `vectors` (float32 [n, dim])

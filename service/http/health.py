@@ -3,12 +3,18 @@ and warmed, Qdrant and every tenant's search target answer, not shutting down) a
 
 /readyz answers a load balancer without authentication, so its open body holds the status and
 each check's state in one word of a fixed set (ok, starting, running, draining, failing,
-unreachable, timeout, error) and the engines' builds: no tenant, collection, tenant value or
-error text. The admin token (`Authorization: Bearer <QUERYLIFT_ADMIN_TOKEN>`, checked by the
-admin API's own `require_admin`) adds the detail: each check's reason in words, the warnings
-that indexing fixes, and how old the search-target snapshot is. Qdrant and the targets come
-from that snapshot (service/search/readiness.py), refreshed off the probe's path at most once
-per QUERYLIFT_READINESS_CACHE_S.
+unreachable, timeout, error, stale) and the engines' builds: no tenant, collection, tenant
+value or error text. The admin token (`Authorization: Bearer <QUERYLIFT_ADMIN_TOKEN>`, checked
+by the admin API's own `require_admin`) adds the detail: each check's reason in words, the
+warnings that indexing fixes, and how old the search-target snapshot and the adapter sync are.
+Qdrant and the targets come from that snapshot (service/search/readiness.py), refreshed off the
+probe's path at most once per QUERYLIFT_READINESS_CACHE_S.
+
+`adapter_sync` says `stale` once the adapter store has not been read successfully for
+QUERYLIFT_ADAPTER_STALE_AFTER_S (read from memory: the probe never calls the store). That is
+reported, never a 503: the replica still serves its last good bindings, and every replica
+reads the same store, so failing readiness on a store outage would take every replica out of
+rotation for an outage that stops none of them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ router = APIRouter()
 
 # check -> (state, detail): the state is one word of a fixed set, the detail is for operators
 Checks = dict[str, tuple[str, str]]
+# checks reported in the answer that do not decide it (the replica serves either way)
+REPORTED_ONLY = frozenset({"adapter_sync"})
 
 
 @router.get("/healthz")
@@ -79,12 +87,14 @@ def warmup_check(status: str) -> tuple[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """200 when encoders are loaded, Qdrant answers, every search target can serve and the
-    process is not shutting down; else 503. The open body names check states only."""
+    process is not shutting down; else 503. The open body names check states only; a stale
+    adapter sync is one of them, and leaves the answer 200."""
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     checks: Checks = {}
     engines: dict[str, str] = {}
     warnings: list[str] = []
     age: float | None = None
+    sync_age: float | None = None
     drain = getattr(request.app.state, "drain", None)
     if drain is not None and drain.active:
         checks["shutdown"] = ("draining", "in progress: not taking new requests")
@@ -99,6 +109,10 @@ async def readyz(request: Request) -> Response:
         warm = getattr(request.app.state, "warmup", None)
         if warm is not None:
             checks["warmup"] = warmup_check(warm.status)
+        replica_sync = getattr(request.app.state, "replica_sync", None)
+        if replica_sync is not None:  # memory only: the store is never called from here
+            checks["adapter_sync"] = replica_sync.check()
+            sync_age = replica_sync.staleness_s()
         cache = target_readiness(request, runtime)
         snap = await cache.snapshot()
         age = cache.age(snap)
@@ -107,7 +121,7 @@ async def readyz(request: Request) -> Response:
             bad = [f.line() for f in snap.found if not f.ok]
             checks["search_targets"] = ("failing", " | ".join(bad)) if bad else ("ok", "ok")
             warnings = [f.line() for f in snap.found if f.ok and f.warnings]
-    ready = all(state == "ok" for state, _ in checks.values())
+    ready = all(state == "ok" for name, (state, _) in checks.items() if name not in REPORTED_ONLY)
     detail = is_admin(request)
     body: dict[str, Any] = {
         "status": "ready" if ready else "not_ready",
@@ -119,6 +133,8 @@ async def readyz(request: Request) -> Response:
         body["warnings"] = warnings
     if detail and age is not None:
         body["snapshot_age_s"] = round(age, 3)
+    if detail and sync_age is not None:
+        body["adapter_sync_age_s"] = round(sync_age, 3)
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

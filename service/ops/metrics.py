@@ -126,6 +126,13 @@ class Metrics:
             "Background adapter-store syncs that failed (the previous bindings were kept).",
             registry=r,
         )
+        self.adapter_sync_staleness = Gauge(
+            "querylift_adapter_sync_staleness_seconds",
+            "Seconds since this replica's tenant bindings were last confirmed current against "
+            "the adapter store (the start of its last successful sync); it grows while the "
+            "store is down or slow, and the last good bindings keep serving meanwhile.",
+            registry=r,
+        )
         self.adapter_load_failures = Counter(
             "querylift_adapter_load_failures",
             "Active adapters that failed to load and were not served.",

@@ -118,8 +118,12 @@ def check_engine(spec: EncoderSpec) -> Check | None:
     return Check("FAIL", f"backend {spec.backend} of {spec.name}: not installed", install)
 
 
-def check_store(path: Path) -> Check:
-    """The adapter store is created on first use; it must be a writable folder if it exists."""
+def check_store(location: Path | str) -> Check:
+    """A folder store is created on first use; it must be a writable folder if it exists.
+    An object store must answer: its adapters are listed (a few seconds at most)."""
+    if not isinstance(location, Path):
+        return check_object_store(location)
+    path = location
     if not path.exists():
         parent = next((p for p in path.parents if p.exists()), Path("."))
         if not os.access(parent, os.W_OK):
@@ -135,6 +139,21 @@ def check_store(path: Path) -> Check:
     versions = path / "adapters"
     n = sum(1 for p in versions.iterdir() if p.is_dir()) if versions.is_dir() else 0
     return Check("ok", f"adapter store {path}: {n} adapters")
+
+
+def check_object_store(url: str) -> Check:
+    from adapters.store import StoreUnavailable
+    from adapters.stores import open_store
+
+    try:
+        n = len(open_store(url).ids())
+    except ValueError as e:  # a refused endpoint
+        return Check("FAIL", f"adapter store {url}: {e}", "fix AWS_ENDPOINT_URL")
+    except StoreUnavailable as e:
+        return Check("FAIL", f"adapter store {url}: {e}",
+                     "check the bucket, the endpoint (AWS_ENDPOINT_URL) and the credentials "
+                     "(AWS_* variables, profile or role)")  # fmt: skip
+    return Check("ok", f"adapter store {url}: {n} adapters")
 
 
 def check_qdrant_folder(path: Path) -> Check | None:

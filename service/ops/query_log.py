@@ -145,7 +145,7 @@ class QueryLog:
         """`tenants`: {name: its `query_log` in the tenants file}; unset = the setting."""
         on = [name for name, own in tenants.items() if (settings.query_log if own is None else own)]
         return cls(
-            settings.query_log_dir or Path(settings.adapter_store) / "query-log",
+            settings.query_log_dir or settings.beside_store("query-log"),
             enabled=on,
             max_entries=settings.query_log_max_entries,
             max_age_s=settings.query_log_max_age_s,

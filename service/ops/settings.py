@@ -5,12 +5,14 @@ Nested fields use `__`, e.g. `QUERYLIFT_QUERY_ENCODER__PATH=/models/x`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adapters.store import S3Location, parse_location
 from encoders import EncoderSpec, Pooling
 
 EMBEDDED_QUERY_ENCODER = EncoderSpec(
@@ -229,9 +231,14 @@ class Settings(BaseSettings):
         "authentication, every request is the dev tenant) on an address other than loopback. "
         "Off: such a start exits 1 with the fix. Only for a network you trust completely.",
     )
-    adapter_store: Path = Field(
+    adapter_store: Path | str = Field(
         default=Path("var/adapters"),
-        description="Adapter store folder (a shared volume in production).",
+        description="Where adapters and tenant bindings live: a folder (one machine, or a "
+        "volume its replicas share), or `s3://bucket/prefix` on an object store speaking S3 "
+        "(replicas on several machines, no shared disk; the bucket must exist). Credentials "
+        "and a non-AWS endpoint come from the standard AWS variables and profiles "
+        "(`AWS_ENDPOINT_URL`; plain http only on a loopback address), never from the URL. "
+        "Any other scheme is refused.",
     )
 
     adapter_cache_bytes: int = Field(
@@ -249,6 +256,15 @@ class Settings(BaseSettings):
         description="How often a replica checks the shared store for swaps made elsewhere; "
         "every replica serves a swap within about twice this (0.5 s -> about 1 s).",
     )
+    adapter_stale_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a replica may go without a successful sync of the adapter store "
+        "before `/readyz` says `adapter_sync: stale` (and, to the admin token, how long). Stale "
+        "is reported, not a reason to leave rotation: the replica keeps serving its last good "
+        "bindings, and every replica reads the same store, so failing readiness would turn a "
+        "store outage into a full one. `querylift_adapter_sync_staleness_seconds` is the age.",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token of the `/admin` API; unset = the admin API is off (404).",
@@ -256,7 +272,8 @@ class Settings(BaseSettings):
     audit_log: Path | None = Field(
         default=None,
         description="Admin audit log, one JSON line per action; unset = "
-        "`<QUERYLIFT_ADAPTER_STORE>/audit.log`.",
+        "`<QUERYLIFT_ADAPTER_STORE>/audit.log` for a folder store, `var/audit.log` (this "
+        "replica's own file; the lines are in the log stream too) for an object store.",
     )
     gate_max_regression: float = Field(
         default=0.01,
@@ -318,7 +335,8 @@ class Settings(BaseSettings):
         default=None,
         description="Folder of the label-free gate's teacher vectors (one subfolder per query "
         "encoder; vectors of the tenants' documents, no text; share it between replicas); "
-        "unset = `<QUERYLIFT_ADAPTER_STORE>/teacher-cache`.",
+        "unset = `<QUERYLIFT_ADAPTER_STORE>/teacher-cache` for a folder store, "
+        "`var/teacher-cache` (this replica's own, rebuilt by its next gate) for an object store.",
     )
     gate_holdout_fraction: float = Field(
         default=0.2,
@@ -340,7 +358,8 @@ class Settings(BaseSettings):
         default=None,
         description="Folder of the query logs (one subfolder per tenant, one append-only file "
         "per replica; share it between replicas so an export sees all traffic); unset = "
-        "`<QUERYLIFT_ADAPTER_STORE>/query-log`.",
+        "`<QUERYLIFT_ADAPTER_STORE>/query-log` for a folder store, `var/query-log` for an "
+        "object store (then an export sees this replica's traffic only).",
     )
     query_log_max_entries: int = Field(
         default=10_000,
@@ -486,6 +505,23 @@ class Settings(BaseSettings):
         description="Deadline of an embed request (queue + batch); past it `504 timeout`, and "
         "a not-yet-started item is skipped.",
     )
+
+    @field_validator("adapter_store", mode="before")
+    @classmethod
+    def _store_location(cls, value: Any) -> Any:
+        """A folder path stays a Path; `s3://bucket/prefix` a normalised str; any other
+        scheme is refused here, before anything opens it."""
+        if isinstance(value, str | os.PathLike):
+            where = parse_location(value)
+            return where.url if isinstance(where, S3Location) else where
+        return value
+
+    def beside_store(self, name: str) -> Path:
+        """The default home of a replica's own file or folder `name` (audit log, teacher
+        cache, query log): inside a folder store, else under the local `var/`."""
+        if isinstance(self.adapter_store, Path):
+            return self.adapter_store / name
+        return Path("var") / name
 
     @model_validator(mode="before")
     @classmethod

@@ -1,4 +1,11 @@
-"""The on-disk adapter store: content-addressed versions, tenant bindings, crash safety."""
+"""The adapter store: content-addressed versions, tenant bindings, crash safety.
+
+The store tests run on both stores, the folder and the object store (on the S3 test server,
+tests/s3_server.py), through one parametrised `store` fixture; `raw` reads and writes the
+store's files or objects behind its back, under the same relative names. The tests of the
+folder's own mechanics (write-fsync-rename, staging folders, flock) take `folder_store`:
+an object store has none of them; its own faults are in test_object_store.py.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,18 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pytest
 
 from adapters import AdapterKind, CheckpointError, Manifest, ModelInfo, fsutil, save_checkpoint
 from adapters.checkpoint import MANIFEST_FILE, TENSORS_FILE, serialize
-from adapters.folder import FolderStore as AdapterStore
-from adapters.store import TenantBinding
+from adapters.folder import FolderStore
+from adapters.objects import ObjectStore
+from adapters.store import AdapterStore, TenantBinding
+from adapters.stores import open_store
+from tests.s3_server import s3_client
 
 DIN, DOUT = 10, 4
 
@@ -44,42 +54,126 @@ def checkpoint(seed: int = 0, **kw: Any) -> tuple[bytes, bytes]:
     return serialize(make_manifest(**kw), make_tensors(seed))
 
 
-def visible(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+class Raw(Protocol):
+    """The store's files or objects by relative name ("tenants/acme.json"), behind its back."""
+
+    def read(self, key: str) -> bytes: ...
+
+    def write(self, key: str, data: bytes) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def listdir(self, folder: str) -> list[str]:
+        """The names directly under `folder` ("" = the store itself), hidden ones too."""
+        ...
 
 
-def hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+class FolderRaw:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def write(self, key: str, data: bytes) -> None:
+        (self.root / key).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / key).write_bytes(data)
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).exists()
+
+    def listdir(self, folder: str) -> list[str]:
+        return os.listdir(self.root / folder)
+
+
+class ObjectRaw:
+    def __init__(self, bucket: str, prefix: str) -> None:
+        self.client = s3_client()
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def read(self, key: str) -> bytes:
+        found = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")
+        return found["Body"].read()
+
+    def write(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}", Body=data)
+
+    def exists(self, key: str) -> bool:
+        return bool(self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/{key}")
+                    .get("KeyCount"))  # fmt: skip
+
+    def listdir(self, folder: str) -> list[str]:
+        under = f"{self.prefix}/{folder}/" if folder else f"{self.prefix}/"
+        names = set()
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=under
+        )
+        for page in pages:
+            names.update(o["Key"][len(under) :].split("/")[0] for o in page.get("Contents", []))
+        return sorted(names)
+
+
+def visible(raw: Raw, folder: str) -> list[str]:
+    return sorted(p for p in raw.listdir(folder) if not p.startswith("."))
+
+
+def hidden(raw: Raw, folder: str) -> list[str]:
+    return sorted(p for p in raw.listdir(folder) if p.startswith("."))
+
+
+@pytest.fixture(params=["folder", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> AdapterStore:
+    if request.param == "folder":
+        return FolderStore(tmp_path / "store")
+    bucket = request.getfixturevalue("s3_bucket")
+    return open_store(f"s3://{bucket}/qa/store")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> AdapterStore:
-    return AdapterStore(tmp_path / "store")
+def raw(store: AdapterStore) -> Raw:
+    if isinstance(store, FolderStore):
+        return FolderRaw(store.root)
+    assert isinstance(store, ObjectStore)
+    return ObjectRaw(store.objects.location.bucket, store.objects.location.prefix)
+
+
+@pytest.fixture
+def folder_store(tmp_path: Path) -> FolderStore:
+    return FolderStore(tmp_path / "store")
 
 
 # -- adapter versions ---------------------------------------------------------------------------
 def test_new_store_creates_its_folders_and_is_empty(tmp_path: Path) -> None:
-    s = AdapterStore(tmp_path / "deep" / "store")
+    """Folder-only: an object store has no folders to create (a bucket must exist)."""
+    s = FolderStore(tmp_path / "deep" / "store")
     assert (tmp_path / "deep" / "store" / "adapters").is_dir()
     assert (tmp_path / "deep" / "store" / "tenants").is_dir()
     assert s.ids() == []
     assert s.tenants() == []
-    AdapterStore(tmp_path / "deep" / "store")  # reopening is fine
+    FolderStore(tmp_path / "deep" / "store")  # reopening is fine
 
 
-def test_put_stores_files_under_the_content_id(store: AdapterStore) -> None:
+def test_new_store_is_empty_and_reopens(store: AdapterStore) -> None:
+    assert store.ids() == []
+    assert store.tenants() == []
+    assert store.generation() == 0
+    assert open_store(store.location).ids() == []  # reopening is fine
+
+
+def test_put_stores_files_under_the_content_id(store: AdapterStore, raw: Raw) -> None:
     tb, mb = checkpoint()
     adapter = store.put(tb, mb)
-    folder = store.root / "adapters" / adapter.id
-    assert sorted(p.name for p in folder.iterdir()) == [TENSORS_FILE, MANIFEST_FILE]
-    assert (folder / TENSORS_FILE).read_bytes() == tb
-    stored = json.loads((folder / MANIFEST_FILE).read_text())
+    folder = f"adapters/{adapter.id}"
+    assert sorted(raw.listdir(folder)) == [TENSORS_FILE, MANIFEST_FILE]
+    assert raw.read(f"{folder}/{TENSORS_FILE}") == tb
+    stored = json.loads(raw.read(f"{folder}/{MANIFEST_FILE}"))
     assert stored["tensors_sha256"] == hashlib.sha256(tb).hexdigest()
     assert store.ids() == [adapter.id]
-    assert hidden(store.root / "adapters") == []  # no staging left behind
+    assert hidden(raw, "adapters") == []  # no staging left behind
 
 
-def test_put_is_idempotent(store: AdapterStore) -> None:
+def test_put_is_idempotent(store: AdapterStore, raw: Raw) -> None:
     tb, mb = checkpoint()
     first = store.put(tb, mb)
     second = store.put(tb, mb)
@@ -89,7 +183,7 @@ def test_put_is_idempotent(store: AdapterStore) -> None:
     tb2, mb2 = checkpoint(name="renamed", created_at="1999-01-01T00:00:00+00:00")
     assert store.put(tb2, mb2).id == first.id
     assert store.ids() == [first.id]
-    assert os.listdir(store.root / "adapters") == [first.id]
+    assert raw.listdir("adapters") == [first.id]
 
 
 def test_different_weights_get_different_ids(store: AdapterStore) -> None:
@@ -99,12 +193,14 @@ def test_different_weights_get_different_ids(store: AdapterStore) -> None:
     assert store.ids() == sorted([a.id, b.id])
 
 
-def test_stored_manifest_carries_hash_even_if_upload_left_it_empty(store: AdapterStore) -> None:
+def test_stored_manifest_carries_hash_even_if_upload_left_it_empty(
+    store: AdapterStore, raw: Raw
+) -> None:
     tb, _ = checkpoint()
     mb = make_manifest().model_dump_json().encode()
     assert json.loads(mb)["tensors_sha256"] == ""
     adapter = store.put(tb, mb)
-    on_disk = json.loads((store.root / "adapters" / adapter.id / MANIFEST_FILE).read_text())
+    on_disk = json.loads(raw.read(f"adapters/{adapter.id}/{MANIFEST_FILE}"))
     assert on_disk["tensors_sha256"] == hashlib.sha256(tb).hexdigest()
     # and the id is the same as for the same upload with the hash filled in
     assert store.put(*checkpoint()).id == adapter.id
@@ -128,14 +224,14 @@ def test_get_round_trips_tensors_and_manifest(store: AdapterStore) -> None:
         np.testing.assert_array_equal(got.tensors[k], v)
 
 
-def test_put_refuses_invalid_checkpoint_and_stores_nothing(store: AdapterStore) -> None:
+def test_put_refuses_invalid_checkpoint_and_stores_nothing(store: AdapterStore, raw: Raw) -> None:
     t = make_tensors(0)
     t["weight"][0, 0] = np.nan
     with pytest.raises(CheckpointError) as ei:
         store.put(*serialize(make_manifest(), t))
     assert any("non-finite" in r for r in ei.value.reasons)
     assert store.ids() == []
-    assert os.listdir(store.root / "adapters") == []
+    assert raw.listdir("adapters") == []
 
 
 def test_get_unknown_id_raises_key_error(store: AdapterStore) -> None:
@@ -148,53 +244,51 @@ def test_get_unknown_id_raises_key_error(store: AdapterStore) -> None:
     "bad_id",
     ["../x", "..", ".", "", "a/b", "/etc", "../store/adapters", ".upload-abc", "x\x00y", "a\\b"],
 )
-def test_path_traversal_adapter_ids_are_refused(
-    store: AdapterStore, tmp_path: Path, bad_id: str
-) -> None:
+def test_path_traversal_adapter_ids_are_refused(store: AdapterStore, raw: Raw, bad_id: str) -> None:
     # a perfectly valid checkpoint outside the adapters folder must stay unreachable
-    save_checkpoint(store.root / "x", make_manifest(), make_tensors(0))
+    tb, mb = checkpoint()
+    raw.write(f"x/{TENSORS_FILE}", tb)
+    raw.write(f"x/{MANIFEST_FILE}", mb)
     with pytest.raises(KeyError):
         store.get(bad_id)
     with pytest.raises(KeyError):
         store.activate("acme", bad_id)
-    assert not (store.root / "tenants" / "acme.json").exists()
+    assert not raw.exists("tenants/acme.json")
 
 
-def test_get_detects_a_folder_whose_content_no_longer_matches_its_id(store: AdapterStore) -> None:
+def test_get_detects_a_folder_whose_content_no_longer_matches_its_id(
+    store: AdapterStore, raw: Raw
+) -> None:
     adapter = store.put(*checkpoint())
-    mf = store.root / "adapters" / adapter.id / MANIFEST_FILE
-    m = json.loads(mf.read_text())
+    mf = f"adapters/{adapter.id}/{MANIFEST_FILE}"
+    m = json.loads(raw.read(mf))
     m["normalize"] = not m["normalize"]  # tensors (and their hash) untouched
-    mf.write_text(json.dumps(m))
+    raw.write(mf, json.dumps(m).encode())
     with pytest.raises(CheckpointError) as ei:
         store.get(adapter.id)
     assert any(adapter.id in r for r in ei.value.reasons)
 
 
-def test_get_detects_tampered_tensors(store: AdapterStore) -> None:
+def test_get_detects_tampered_tensors(store: AdapterStore, raw: Raw) -> None:
     adapter = store.put(*checkpoint())
-    tf = store.root / "adapters" / adapter.id / TENSORS_FILE
-    raw = bytearray(tf.read_bytes())
-    raw[-2] ^= 0x10
-    tf.write_bytes(bytes(raw))
+    tf = f"adapters/{adapter.id}/{TENSORS_FILE}"
+    data = bytearray(raw.read(tf))
+    data[-2] ^= 0x10
+    raw.write(tf, bytes(data))
     with pytest.raises(CheckpointError) as ei:
         store.get(adapter.id)
     assert any("sha256" in r for r in ei.value.reasons)
 
 
-def test_ids_ignores_leftover_staging_and_stray_files(store: AdapterStore) -> None:
+def test_ids_ignores_leftover_staging_and_stray_files(store: AdapterStore, raw: Raw) -> None:
     adapter = store.put(*checkpoint())
-    base = store.root / "adapters"
     # a staging folder a crashed upload left behind, fully written but never renamed
-    leftover = base / ".upload-k3j2h1"
-    leftover.mkdir()
     tb, mb = checkpoint(seed=9)
-    (leftover / TENSORS_FILE).write_bytes(tb)
-    (leftover / MANIFEST_FILE).write_bytes(mb)
+    raw.write(f"adapters/.upload-k3j2h1/{TENSORS_FILE}", tb)
+    raw.write(f"adapters/.upload-k3j2h1/{MANIFEST_FILE}", mb)
     # and one that crashed half-way
-    (base / ".upload-half").mkdir()
-    (base / ".upload-half" / TENSORS_FILE).write_bytes(tb[:10])
-    (base / "README.txt").write_text("not an adapter")
+    raw.write(f"adapters/.upload-half/{TENSORS_FILE}", tb[:10])
+    raw.write("adapters/README.txt", b"not an adapter")
     assert store.ids() == [adapter.id]
     with pytest.raises(KeyError):
         store.get(".upload-k3j2h1")
@@ -213,7 +307,7 @@ def test_binding_of_a_new_tenant_is_empty(store: AdapterStore) -> None:
     assert store.tenants() == []  # reading creates nothing
 
 
-def test_activate_writes_versions_generations_and_history(store: AdapterStore) -> None:
+def test_activate_writes_versions_generations_and_history(store: AdapterStore, raw: Raw) -> None:
     a = store.put(*checkpoint(seed=1))
     b = store.put(*checkpoint(seed=2))
 
@@ -247,17 +341,17 @@ def test_activate_writes_versions_generations_and_history(store: AdapterStore) -
     on_disk = store.binding("acme")
     assert on_disk == b4
     assert store.tenants() == ["acme"]
-    raw = json.loads((store.root / "tenants" / "acme.json").read_text())
-    assert raw["generation"] == 4
-    assert raw["active"]["version"] == 4
-    assert visible(store.root / "tenants") == ["acme.json"]
-    assert hidden(store.root / "tenants") == []  # no temp files left
+    stored = json.loads(raw.read("tenants/acme.json"))
+    assert stored["generation"] == 4
+    assert stored["active"]["version"] == 4
+    assert visible(raw, "tenants") == ["acme.json"]
+    assert hidden(raw, "tenants") == []  # no temp files left
 
 
 def test_bindings_survive_reopening_the_store(store: AdapterStore) -> None:
     a = store.put(*checkpoint())
     store.activate("acme", a.id)
-    reopened = AdapterStore(store.root)
+    reopened = open_store(store.location)
     assert reopened.binding("acme") == store.binding("acme")
     assert reopened.ids() == [a.id]
 
@@ -275,34 +369,36 @@ def test_tenants_are_independent(store: AdapterStore) -> None:
     assert store.tenants() == ["acme", "globex"]
 
 
-def test_activating_an_unknown_id_raises_and_changes_nothing(store: AdapterStore) -> None:
+def test_activating_an_unknown_id_raises_and_changes_nothing(store: AdapterStore, raw: Raw) -> None:
     a = store.put(*checkpoint())
     with pytest.raises(KeyError):
         store.activate("acme", "f" * 24)
-    assert not (store.root / "tenants" / "acme.json").exists()
+    assert not raw.exists("tenants/acme.json")
     store.activate("acme", a.id)
-    before = (store.root / "tenants" / "acme.json").read_bytes()
+    before = raw.read("tenants/acme.json")
     with pytest.raises(KeyError):
         store.activate("acme", "0" * 24)
-    assert (store.root / "tenants" / "acme.json").read_bytes() == before
+    assert raw.read("tenants/acme.json") == before
 
 
-def test_activating_a_corrupt_adapter_raises_and_changes_nothing(store: AdapterStore) -> None:
+def test_activating_a_corrupt_adapter_raises_and_changes_nothing(
+    store: AdapterStore, raw: Raw
+) -> None:
     good = store.put(*checkpoint(seed=1))
     bad = store.put(*checkpoint(seed=2))
     store.activate("acme", good.id)
-    before = (store.root / "tenants" / "acme.json").read_bytes()
-    (store.root / "adapters" / bad.id / TENSORS_FILE).write_bytes(b"garbage")
+    before = raw.read("tenants/acme.json")
+    raw.write(f"adapters/{bad.id}/{TENSORS_FILE}", b"garbage")
     with pytest.raises(CheckpointError):
         store.activate("acme", bad.id)
-    assert (store.root / "tenants" / "acme.json").read_bytes() == before
+    assert raw.read("tenants/acme.json") == before
 
 
 @pytest.mark.parametrize(
     "tenant",
     ["../evil", "..", ".hidden", "", "a/b", "a b", "x" * 200, "-dash", "t\n", "ü-tenant"],
 )
-def test_invalid_tenant_names_are_refused(store: AdapterStore, tenant: str) -> None:
+def test_invalid_tenant_names_are_refused(store: AdapterStore, raw: Raw, tenant: str) -> None:
     a = store.put(*checkpoint())
     with pytest.raises(ValueError):
         store.binding(tenant)
@@ -311,8 +407,9 @@ def test_invalid_tenant_names_are_refused(store: AdapterStore, tenant: str) -> N
     with pytest.raises(ValueError):
         store.activate(tenant, None)
     assert store.tenants() == []
-    assert os.listdir(store.root / "tenants") == []
-    assert sorted(os.listdir(store.root)) == ["adapters", "tenants"]
+    assert raw.listdir("tenants") == []
+    # nothing written anywhere: beside the adapters, only the folder store's empty "tenants"
+    assert sorted(set(raw.listdir("")) - {"tenants"}) == ["adapters"]
 
 
 @pytest.mark.parametrize("tenant", ["acme", "a", "Tenant_01", "team.search-prod", "9lives"])
@@ -358,7 +455,7 @@ def test_a_delete_landing_after_activate_checked_the_adapter_wins_cleanly(
     gone = store.put(*checkpoint(seed=2))
     store.activate("acme", keep.id)
     before = store.binding("acme")
-    replica = AdapterStore(store.root)
+    replica = open_store(store.location)
     real_get = store.get
 
     def get_then_deleted(adapter_id: str) -> Any:
@@ -374,12 +471,15 @@ def test_a_delete_landing_after_activate_checked_the_adapter_wins_cleanly(
 
 
 def test_a_delete_arriving_while_activate_binds_waits_and_refuses(
-    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+    folder_store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another replica deletes the adapter while `activate` holds the lock: the delete waits
-    for the binding and then refuses (the adapter is bound), so the binding stays valid."""
+    for the binding and then refuses (the adapter is bound), so the binding stays valid.
+    Folder-only: the object store has no lock to wait for (its interleavings are in
+    test_object_store.py)."""
+    store = folder_store
     adapter = store.put(*checkpoint(seed=3))
-    replica = AdapterStore(store.root)
+    replica = FolderStore(store.root)
     outcome: list[BaseException | None] = []
 
     def delete() -> None:
@@ -408,14 +508,19 @@ def test_a_delete_arriving_while_activate_binds_waits_and_refuses(
     assert replica.get(adapter.id).id == adapter.id  # still there, still valid
 
 
-# -- crash safety ---------------------------------------------------------------------------------
+# -- crash safety -------------------------------------------------------------------------------
+# The folder store's own mechanics (a crash or a full disk between write and rename, staging
+# folders, a rename that loses to another replica's): folder-only by nature, the object store
+# writes each object whole or not at all. Its analogues (an upload cut between the tensors and
+# the manifest, a lost create-only race) are in test_object_store.py.
 class SimulatedCrash(OSError):
     pass
 
 
 def test_crash_during_binding_write_keeps_the_old_binding(
-    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+    folder_store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = folder_store
     a = store.put(*checkpoint(seed=1))
     b = store.put(*checkpoint(seed=2))
     store.activate("acme", a.id)
@@ -442,7 +547,7 @@ def test_crash_during_binding_write_keeps_the_old_binding(
     assert old.generation == 1
     assert old.active is not None and old.active.adapter_id == a.id
     assert store.tenants() == ["acme"]
-    assert visible(store.root / "tenants") == ["acme.json"]
+    assert visible(FolderRaw(store.root), "tenants") == ["acme.json"]
     # retrying after the "reboot" succeeds and continues the numbering
     new = store.activate("acme", b.id)
     assert new.generation == 2
@@ -451,8 +556,9 @@ def test_crash_during_binding_write_keeps_the_old_binding(
 
 
 def test_crash_during_first_binding_write_leaves_no_binding(
-    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+    folder_store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = folder_store
     a = store.put(*checkpoint())
 
     def crash(*args: object) -> None:
@@ -465,16 +571,16 @@ def test_crash_during_first_binding_write_leaves_no_binding(
             store.activate("acme", a.id)
     assert store.binding("acme") == TenantBinding(tenant="acme")
     assert store.tenants() == []
-    assert visible(store.root / "tenants") == []
+    assert visible(FolderRaw(store.root), "tenants") == []
     assert store.activate("acme", a.id).generation == 1
 
 
-def test_temp_file_left_by_a_hard_crash_is_invisible(store: AdapterStore) -> None:
+def test_temp_file_left_by_a_hard_crash_is_invisible(store: AdapterStore, raw: Raw) -> None:
     a = store.put(*checkpoint())
     store.activate("acme", a.id)
     # what a kill -9 between write and rename would leave: a temp file next to the real one
-    (store.root / "tenants" / ".acme.json.x7q2.tmp").write_bytes(b'{"tenant": "acme", "gen')
-    (store.root / "tenants" / ".globex.json.abc.tmp").write_bytes(b"")
+    raw.write("tenants/.acme.json.x7q2.tmp", b'{"tenant": "acme", "gen')
+    raw.write("tenants/.globex.json.abc.tmp", b"")
     assert store.tenants() == ["acme"]
     assert store.binding("acme").generation == 1
     assert store.binding("globex").generation == 0
@@ -482,8 +588,9 @@ def test_temp_file_left_by_a_hard_crash_is_invisible(store: AdapterStore) -> Non
 
 
 def test_crash_during_upload_keeps_the_old_state(
-    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+    folder_store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = folder_store
     existing = store.put(*checkpoint(seed=1))
     tb, mb = checkpoint(seed=2)
     staged: list[list[str]] = []
@@ -500,19 +607,21 @@ def test_crash_during_upload_keeps_the_old_state(
 
     assert staged == [[TENSORS_FILE, MANIFEST_FILE]]
     assert store.ids() == [existing.id]
-    assert visible(store.root / "adapters") == [existing.id]
+    assert visible(FolderRaw(store.root), "adapters") == [existing.id]
     assert store.get(existing.id).id == existing.id
     # retry succeeds
     new = store.put(tb, mb)
     assert new.id != existing.id
     assert store.ids() == sorted([existing.id, new.id])
     assert store.get(new.id).id == new.id
-    assert hidden(store.root / "adapters") == []
+    assert hidden(FolderRaw(store.root), "adapters") == []
 
 
 def test_crash_during_upload_cleans_its_staging_folder(
-    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+    folder_store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = folder_store
+
     def crash(*args: object) -> None:
         raise SimulatedCrash("crash")
 
@@ -524,9 +633,10 @@ def test_crash_during_upload_cleans_its_staging_folder(
 
 
 def test_crash_while_writing_upload_files_keeps_the_old_state(
-    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+    folder_store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crash even before the rename (disk full while writing) publishes nothing."""
+    store = folder_store
     existing = store.put(*checkpoint(seed=1))
     tb, mb = checkpoint(seed=2)
     real_write_bytes = Path.write_bytes
@@ -545,9 +655,10 @@ def test_crash_while_writing_upload_files_keeps_the_old_state(
 
 
 def test_concurrent_identical_upload_from_another_replica(
-    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+    folder_store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another replica publishes the same content between our check and our rename."""
+    store = folder_store
     tb, mb = checkpoint()
     real_rename = os.rename
 

@@ -8,6 +8,7 @@ task directly.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import subprocess
@@ -22,12 +23,22 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
-from adapters.store import AdapterStore
+from adapters.store import AdapterStore, StoreUnavailable
 from encoders import Encoder, EncoderSpec
 from service.bindings.replica_sync import ReplicaSync
+from service.ops.metrics import Metrics
 from service.runtime import ServedBinding as Bound
-from tests.conftest import auth, make_linear, querylift_settings, server_env
+from tests.conftest import (
+    ADMIN,
+    admin_headers,
+    auth,
+    make_linear,
+    metric,
+    querylift_settings,
+    server_env,
+)
 from tests.live import free_port
 
 TEXTS = ["what causes malaria", "the mosquito is the vector of malaria"]
@@ -368,3 +379,146 @@ def test_sync_loop_keeps_going_through_failures_and_stops_cleanly():
 def test_interval_must_be_positive():
     with pytest.raises(ValueError, match="interval_s"):
         ReplicaSync(_FakeRuntime(set()), 0)  # type: ignore[arg-type]
+
+
+# -- staleness: the metric, /readyz, and a slow store never on the request path --------------
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_staleness_counts_from_the_start_of_the_last_good_sync_and_says_stale_past_the_bound():
+    runtime = _FakeRuntime(fail_on={2, 3})
+    clock = _Clock()
+    metrics = Metrics()
+    sync = ReplicaSync(runtime, 0.5, metrics, clock=clock, stale_after_s=10.0)  # type: ignore[arg-type]
+    staleness = "querylift_adapter_sync_staleness_seconds"
+
+    def slow_sync(force: bool = False) -> bool:  # the store takes 4 s to answer
+        clock.now += 4.0
+        return _FakeRuntime.sync(runtime, force)
+
+    runtime.sync = slow_sync  # type: ignore[method-assign]
+    assert asyncio.run(sync.tick()) is False  # call 1: fine, started at 100, ended at 104
+    assert sync.last_sync_ok == 100.0 and sync.staleness_s() == 4.0
+    assert metrics.registry.get_sample_value(staleness) == 4.0
+    assert sync.check()[0] == "ok"
+    asyncio.run(sync.tick())  # calls 2 and 3 fail: the bindings are as of 100
+    asyncio.run(sync.tick())
+    assert sync.failures == 2 and sync.staleness_s() == 12.0
+    state, why = sync.check()
+    assert state == "stale" and "12.0s ago (bound 10s)" in why and "ValueError" in why, why
+    assert metrics.registry.get_sample_value(staleness) == 12.0
+    clock.now += 30.0  # nothing runs: the age keeps growing at each read (a hung store)
+    assert metrics.registry.get_sample_value(staleness) == 42.0
+    assert asyncio.run(sync.tick()) is False  # call 4 succeeds: started at 142
+    assert sync.last_sync_ok == 142.0 and sync.check()[0] == "ok" and sync.last_error is None
+    with pytest.raises(ValueError, match="stale_after_s"):
+        ReplicaSync(runtime, 0.5, stale_after_s=0)  # type: ignore[arg-type]
+
+
+def _ready_body(client: TestClient, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    r = client.get("/readyz", headers=headers or {})
+    return r.status_code, r.json()
+
+
+def test_readyz_reports_a_stale_store_but_keeps_serving(
+    make_app: Callable[..., FastAPI],
+    store: AdapterStore,
+    query_encoder: Encoder,
+    document_encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The store down: /readyz stays 200 with `adapter_sync: stale` (no tenant named, the
+    admin hears why and how old), /embed serves the bound adapter, the gauge grows; back:
+    `ok` again."""
+    adapter = store.put(*make_linear(query_encoder, document_encoder, 5))
+    store.activate("acme", adapter.id)
+    app = make_app(
+        adapter_sync_interval_s=0.05, adapter_stale_after_s=0.3, admin_token=SecretStr(ADMIN)
+    )
+    with TestClient(app) as client:
+        sync: ReplicaSync = app.state.replica_sync
+        code, body = _ready_body(client)
+        assert code == 200 and body["checks"]["adapter_sync"] == "ok", body
+
+        def down(force: bool = False) -> bool:
+            raise StoreUnavailable("object store: read s3://bkt/generation: connection refused")
+
+        monkeypatch.setattr(app.state.runtime, "sync", down)
+        deadline = time.monotonic() + 10
+        while sync.staleness_s() <= 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code, body = _ready_body(client)
+        assert code == 200 and body["status"] == "ready", body
+        assert body["checks"]["adapter_sync"] == "stale", body
+        assert "acme" not in json.dumps(body) and "s3://" not in json.dumps(body)
+        code, detail = _ready_body(client, admin_headers())
+        why = detail["checks"]["adapter_sync"]
+        assert why.startswith("stale: the adapter store was last read") and "refused" in why
+        assert detail["adapter_sync_age_s"] > 0.3
+        r = client.post("/embed", json={"input": TEXTS}, headers=auth("acme"))
+        assert r.status_code == 200 and r.json()["adapter"] == {"id": adapter.id, "version": 1}
+        gauge = metric(client.get("/metrics").text, "querylift_adapter_sync_staleness_seconds")
+        assert gauge > 0.3
+
+        monkeypatch.undo()  # the store is back
+        deadline = time.monotonic() + 10
+        while sync.check()[0] != "ok" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code, body = _ready_body(client)
+        assert code == 200 and body["checks"]["adapter_sync"] == "ok", body
+        assert metric(client.get("/metrics").text, "querylift_adapter_sync_staleness_seconds") < 1
+
+
+def test_a_slow_store_never_holds_the_event_loop(
+    make_app: Callable[..., FastAPI],
+    store: AdapterStore,
+    query_encoder: Encoder,
+    document_encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Every store call takes 1 s and one swap is picked up meanwhile: no store call runs on
+    the event loop (the swap log's generation included), and /embed stays fast."""
+    a = store.put(*make_linear(query_encoder, document_encoder, 6))
+    b = store.put(*make_linear(query_encoder, document_encoder, 7))
+    store.activate("acme", a.id)
+    app = make_app(adapter_sync_interval_s=0.05)
+    on_loop: list[str] = []
+
+    def slow(served: AdapterStore, name: str) -> None:
+        real = getattr(served, name)
+
+        def call(*args: object, **kwargs: object) -> object:
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(name)
+            except RuntimeError:  # a worker thread: no loop runs here
+                pass
+            time.sleep(1.0)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(served, name, call)
+
+    with TestClient(app) as client:
+        sync: ReplicaSync = app.state.replica_sync
+        for name in ("generation", "binding", "get"):  # the store this app opened
+            slow(app.state.runtime.store, name)
+        store.activate("acme", b.id)  # another replica's admin, on the same store
+        latencies = []
+        served_at: float | None = None
+        deadline = time.monotonic() + 20
+        # until the swap is served, then 2 s more: the swap's own aftermath (its log) included
+        while time.monotonic() < (deadline if served_at is None else served_at + 2.0):
+            t0 = time.perf_counter()
+            r = client.post("/embed", json={"input": TEXTS}, headers=auth("acme"))
+            latencies.append(time.perf_counter() - t0)
+            assert r.status_code == 200
+            if served_at is None and r.json()["adapter"]["id"] == b.id:
+                served_at = time.monotonic()
+        assert served_at is not None, "the swap never arrived"
+        assert sync.syncs >= 2 and on_loop == [], on_loop
+        assert len(latencies) > 10 and max(latencies) < 0.5, max(latencies)

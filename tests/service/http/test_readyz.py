@@ -31,7 +31,13 @@ ODD_TENANTS = [
     {"name": "umbrella", "collection": "coll-umbrella-missing", "tenant_value": "val-umb-31"},
     {"name": "hooli", "collection": "coll-hooli-8d", "tenant_value": "val-hooli-52"},
 ]
-OPEN_CHECKS = {"encoders": "ok", "warmup": "ok", "qdrant": "ok", "search_targets": "failing"}
+OPEN_CHECKS = {
+    "encoders": "ok",
+    "warmup": "ok",
+    "adapter_sync": "ok",
+    "qdrant": "ok",
+    "search_targets": "failing",
+}
 
 
 def rows_with_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,6 +90,7 @@ def test_a_ready_service_answers_ready_with_check_states_only(
     assert r.json()["checks"] == {
         "encoders": "ok",
         "warmup": "ok",
+        "adapter_sync": "ok",
         "qdrant": "ok",
         "search_targets": "ok",
     }

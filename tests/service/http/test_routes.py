@@ -283,6 +283,7 @@ def test_health_and_readiness(make_client):
     assert body["checks"] == {
         "encoders": "ok",
         "warmup": "ok",
+        "adapter_sync": "ok",
         "qdrant": "ok",
         "search_targets": "ok",
     }
