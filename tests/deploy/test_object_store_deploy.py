@@ -14,6 +14,7 @@ has it). Compose is read as YAML only: no Docker engine runs here.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +36,12 @@ COMPOSE = REPO / "docker-compose.yml"
 FOLDER_STORE = "/var/lib/querylift/adapters"  # where the base mounts its adapter-store volume
 PROFILE = "object-store"
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# what stays on each replica with an object store, given a home on a volume of the pod
+REPLICA_LOCAL = (
+    "QUERYLIFT_AUDIT_LOG",
+    "QUERYLIFT_GATE_TEACHER_CACHE_DIR",
+    "QUERYLIFT_QUERY_LOG_DIR",
+)
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(
     KUBECTL is None, reason="kubectl is not on PATH: `kubectl kustomize` renders the overlay"
@@ -165,12 +172,13 @@ def test_the_store_is_an_s3_url_and_the_credentials_come_from_a_secret():
 
 
 def test_the_replica_local_files_live_on_a_volume_of_the_pod():
-    """The audit log and the teacher cache stay on the replica: under a mounted emptyDir."""
+    """The audit log, the teacher cache and the query log stay on the replica: under a mounted
+    emptyDir, not in the container's own layer (where the defaults would put them)."""
     config = patch_of("ConfigMap", "querylift-config")["data"]
     patch = patch_of("Deployment", "querylift")
     volumes = {v["name"]: v for v in patch["spec"]["template"]["spec"]["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container(patch)["volumeMounts"] if "name" in m}
-    for key in ("QUERYLIFT_AUDIT_LOG", "QUERYLIFT_GATE_TEACHER_CACHE_DIR"):
+    for key in REPLICA_LOCAL:
         path = Path(config[key])
         (mount,) = [m for m in mounts if Path(m) in path.parents]
         assert "emptyDir" in volumes[mounts[mount]], f"{key} is on a volume of its own"
@@ -270,12 +278,35 @@ def test_rendered_overlay_changes_only_storage_and_credentials(
     changed = {k for k in config if config[k] != base_config.get(k)}
     assert changed <= {
         "QUERYLIFT_ADAPTER_STORE",
-        "QUERYLIFT_AUDIT_LOG",
-        "QUERYLIFT_GATE_TEACHER_CACHE_DIR",
+        *REPLICA_LOCAL,
         "AWS_REGION",
         "AWS_ENDPOINT_URL",
     }, changed
     assert set(base_config) <= set(config)
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> Settings:
+    """Settings as the container's process reads them from `env` (nothing inherited)."""
+    monkeypatch.chdir(cwd)  # no stray .env
+    for key in [k for k in os.environ if k.upper().startswith("QUERYLIFT_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("QUERYLIFT_"):
+            monkeypatch.setenv(key, value)
+    return Settings()
+
+
+@needs_kubectl
+def test_rendered_configmap_is_a_valid_configuration_on_the_object_store(
+    rendered: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    config = one(rendered, "ConfigMap")["data"]
+    settings = settings_from(config, monkeypatch, tmp_path)
+    assert settings.adapter_store == config["QUERYLIFT_ADAPTER_STORE"], "kept as an s3:// URL"
+    assert settings.audit_log == Path(config["QUERYLIFT_AUDIT_LOG"])
+    assert settings.gate_teacher_cache_dir == Path(config["QUERYLIFT_GATE_TEACHER_CACHE_DIR"])
+    assert settings.query_log_dir == Path(config["QUERYLIFT_QUERY_LOG_DIR"])
+    assert settings.profile == "gpu" and settings.tenants_file is not None
 
 
 # --- compose: the profile `object-store` ---------------------------------------------------------
@@ -341,12 +372,22 @@ def test_the_profile_points_querylift_at_the_local_s3_server():
     assert not unknown, f"{name}: no such querylift settings: {unknown}"
 
 
+def test_the_profile_querylift_is_a_valid_configuration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    _, _, _, querylift = profile_services()
+    env = {k: defaults(str(v)) for k, v in querylift["environment"].items()}
+    settings = settings_from(env, monkeypatch, tmp_path)
+    assert settings.adapter_store == env["QUERYLIFT_ADAPTER_STORE"]
+    assert settings.profile == "embedded" and settings.qdrant_url == "http://qdrant:6333"
+
+
 def test_the_profile_querylift_has_no_folder_store_and_keeps_its_local_files_on_a_volume():
     _, _, name, querylift = profile_services()
     targets = {v.split(":")[1]: v.split(":")[0] for v in querylift["volumes"]}
     assert FOLDER_STORE not in targets, f"{name} mounts a folder store"
     named = set(yaml.safe_load(COMPOSE.read_text())["volumes"])
-    for key in ("QUERYLIFT_AUDIT_LOG", "QUERYLIFT_GATE_TEACHER_CACHE_DIR"):
+    for key in REPLICA_LOCAL:
         path = Path(querylift["environment"][key])
         (target,) = [t for t in targets if Path(t) in path.parents]
         assert targets[target] in named, f"{key} is on a named volume"
