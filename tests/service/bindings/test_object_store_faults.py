@@ -268,3 +268,48 @@ def test_a_corrupted_object_is_refused_and_the_old_binding_serves(
         )
         for _ in range(5):
             assert _served(client) == a
+
+
+def test_twenty_activations_through_two_service_replicas_lose_no_update(
+    make_app: Callable[..., FastAPI],
+    s3_bucket: str,
+    adapters_ab: tuple[ObjectStore, str, str],
+) -> None:
+    """Two apps (two replicas) on one bucket, 20 admin activations for one tenant at once, 10
+    through each: all answered 200, one history of 20 events (versions 1..20 after the
+    fixture's first), and both replicas end up serving the binding the store holds."""
+    other, a, b = adapters_ab
+    apps = [_app(make_app, s3_bucket), _app(make_app, s3_bucket)]
+    with TestClient(apps[0]) as one, TestClient(apps[1]) as two:
+        clients = [one, two]
+        n = 20
+        barrier = threading.Barrier(n)
+        codes: list[int] = []
+
+        def activate(k: int) -> None:
+            barrier.wait()
+            r = clients[k % 2].put(
+                "/admin/tenants/acme/adapter",
+                json={"adapter_id": (a, b)[k % 2]},
+                headers=admin_headers(f"admin-{k}"),
+            )
+            codes.append(r.status_code)
+
+        threads = [threading.Thread(target=activate, args=(k,)) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert codes == [200] * n, codes
+        binding = other.binding("acme")
+        assert [e.version for e in binding.history] == list(range(1, n + 2))
+        actors = sorted(e.actor or "" for e in binding.history[1:])
+        assert actors == sorted(f"admin-{k}" for k in range(n))
+        final = binding.active
+        assert final is not None and final == binding.history[-1]
+        for client in clients:
+            _wait(
+                lambda c=client: _served(c) == final.adapter_id,
+                10,
+                "both replicas serve the final binding",
+            )
