@@ -14,7 +14,6 @@ has it). Compose is read as YAML only: no Docker engine runs here.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ import yaml
 from encoders import EncoderSpec
 from service.ops.settings import Settings
 from tests.conftest import REPO
+from tests.deploy.test_secure_defaults import settings_from
 
 DEPLOY = REPO / "deploy"
 BASE = DEPLOY / "k8s"
@@ -283,17 +283,6 @@ def test_rendered_overlay_changes_only_storage_and_credentials(
         "AWS_ENDPOINT_URL",
     }, changed
     assert set(base_config) <= set(config)
-
-
-def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> Settings:
-    """Settings as the container's process reads them from `env` (nothing inherited)."""
-    monkeypatch.chdir(cwd)  # no stray .env
-    for key in [k for k in os.environ if k.upper().startswith("QUERYLIFT_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        if key.startswith("QUERYLIFT_"):
-            monkeypatch.setenv(key, value)
-    return Settings()
 
 
 @needs_kubectl
