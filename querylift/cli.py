@@ -194,6 +194,9 @@ def serve(
     if not settings.model_hub:  # read when huggingface_hub is first imported (just below)
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from service.ops.cpu import apply_spin_count
+
+    apply_spin_count(settings)  # read by libgomp when torch loads (just below)
 
     import uvicorn
     from threadpoolctl import threadpool_limits

@@ -153,7 +153,17 @@ class Settings(BaseSettings):
         le=65536,
         description="Embedded engine: HNSW search candidates per query (higher: better "
         "recall, slower). 256: recall@10 >= 0.99 on real embeddings with a tenant filter, "
-        "where 128 gave 0.976 (bench/edge_recall.py).",
+        "where 128 gave 0.9897 (bench/edge_recall.py; at a million vectors 128 still gives "
+        "0.989 at about half the time: bench/README.md).",
+    )
+    qdrant_payload_in_ram: bool = Field(
+        default=True,
+        description="Embedded engine: collections `querylift index` creates keep their "
+        "payloads (the text /search returns) in RAM, loaded when the folder opens, so a "
+        "search never waits on disk (at 1M SciFact sentences: 274 MB, beside 1.4 GB of "
+        "vectors already in RAM; the first search of each hit read from disk took 25-56 ms). "
+        "`false`: read from disk on first touch, for payloads larger than RAM. Recorded in the "
+        "folder: an existing collection keeps the placement it was created with.",
     )
     qdrant_exact_below_kb: int = Field(
         default=10_000,
@@ -449,6 +459,17 @@ class Settings(BaseSettings):
         description="Extra wait for a fuller batch once the encoder is free; 0 = none "
         "(requests arriving while a batch runs share the next one anyway, so a lone request "
         "never waits).",
+    )
+    torch_spin_count: int | None = Field(
+        default=10_000,
+        ge=0,
+        description="How long torch's OpenMP workers spin for more work after each pass "
+        "before they sleep (libgomp's `GOMP_SPINCOUNT`, set by `querylift serve` before torch "
+        "loads, unless `GOMP_SPINCOUNT` or `OMP_WAIT_POLICY` is already in the environment; "
+        "unset = libgomp's 300,000). At 300,000 a worker holds a core for milliseconds after "
+        "every encode, which the embedded engine's process and the event loop then wait for: "
+        "on 2 cores 10,000 removed the 4 ms tails of the search step and cut its p50, with "
+        "/embed unchanged; 1,000 made /embed 5 ms slower (bench/README.md).",
     )
     warmup: bool = Field(
         default=True,

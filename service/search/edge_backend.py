@@ -69,12 +69,19 @@ class EngineRefused(ValueError):
 @dataclass(frozen=True)
 class HnswSettings:
     """Index parameters new collections get, and the search's `ef` (chosen by measured recall
-    on real embeddings: bench/edge_recall.py)."""
+    on real embeddings: bench/edge_recall.py).
+
+    `payload_in_ram`: Edge's default keeps payloads on disk, read on first touch, and drops
+    them from the page cache when the shard closes, so every start of the service reads each
+    hit's text from disk again (at a million points, a search that waited on 10 such reads took
+    25-56 ms, the same search 1.5-2 ms once read: bench/README.md). In RAM they load with the
+    folder, as the vectors and the graph already do."""
 
     m: int = 32
     ef_construct: int = 200
     full_scan_threshold_kb: int = 10_000
     hnsw_ef: int = 256
+    payload_in_ram: bool = True
 
 
 def valid_name(name: str) -> str:
@@ -239,6 +246,7 @@ class EdgeBackend:
             optimizers=edge.EdgeOptimizersConfig(
                 indexing_threshold=self.hnsw.full_scan_threshold_kb
             ),
+            payload_memory=edge.Memory.Cached if self.hnsw.payload_in_ram else edge.Memory.Cold,
         )
         with self._open:
             path = self._dir(name)

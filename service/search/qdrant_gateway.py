@@ -475,6 +475,7 @@ def hnsw_of(settings: Settings) -> HnswSettings:
         ef_construct=settings.qdrant_hnsw_ef_construct,
         full_scan_threshold_kb=settings.qdrant_exact_below_kb,
         hnsw_ef=settings.qdrant_hnsw_ef,
+        payload_in_ram=settings.qdrant_payload_in_ram,
     )
 
 

@@ -95,3 +95,24 @@ def test_a_folder_of_the_old_embedded_default_is_refused_with_the_command(
     for in_process in (True, False):
         with pytest.raises(LegacyFolder, match=f"querylift migrate-embedded {old}"):
             QdrantGateway(path=str(old), in_process=in_process)
+
+
+@pytest.mark.parametrize("in_ram", [True, False])
+def test_payload_placement_is_what_the_setting_says(tmp_path: Path, in_ram: bool) -> None:
+    """Payloads in RAM (the default) are what the engine records for the collection, and in
+    the index record; `false` leaves Edge's on-disk placement. Search answers alike."""
+    import json
+
+    hnsw = HnswSettings(full_scan_threshold_kb=16, payload_in_ram=in_ram)
+    gw = QdrantGateway(path=str(tmp_path / "q"), hnsw=hnsw, in_process=True)
+    try:
+        gw.create_collection("docs", {"": VectorInfo(16, "Cosine")})
+        gw.upsert("docs", points(500, 16))
+        built = gw.build_index("docs")
+        assert built is not None and built["hnsw"]["payload_in_ram"] is in_ram
+        hits = gw.query("docs", [1.0] * 16, limit=3)
+        assert len(hits) == 3 and all(h.payload for h in hits)
+    finally:
+        gw.close()
+    engine = json.loads((tmp_path / "q" / "collections" / "docs" / "edge_config.json").read_text())
+    assert engine["payload_memory"] == ("cached" if in_ram else "cold")
