@@ -377,7 +377,13 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--per-request", default="1,16", help="texts per /embed request")
     ap.add_argument("--docs", type=int, default=200, help="demo documents indexed for /search")
-    raise SystemExit(asyncio.run(main_async(ap.parse_args())))
+    args = ap.parse_args()
+    # the in-process side runs torch as `querylift serve` does: the same libgomp spin count
+    from service.ops.cpu import apply_spin_count
+    from service.ops.settings import Settings
+
+    apply_spin_count(Settings())
+    raise SystemExit(asyncio.run(main_async(args)))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from service.search.edge_backend import HnswSettings
 
 _WRITES = frozenset({"create_collection", "create_keyword_index", "upsert", "build_index"})
-_START_S = 60.0  # opening every shard of a large folder reads its segments
+_START_S = 300.0  # opening and reading every shard: 6 s for a million 384-d vectors
 _context: Any = None
 _context_lock = threading.Lock()
 
@@ -66,6 +66,7 @@ def _serve(conn: Connection, root: str, hnsw: HnswSettings | None, holder: str) 
 
     try:
         backend = EdgeBackend(root, hnsw, holder=holder)
+        backend.open_warm()  # before "ready": no request opens a shard or meets it cold
     except BaseException as e:
         conn.send(("error", _portable(e)))
         return

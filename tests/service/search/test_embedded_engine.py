@@ -116,3 +116,44 @@ def test_payload_placement_is_what_the_setting_says(tmp_path: Path, in_ram: bool
         gw.close()
     engine = json.loads((tmp_path / "q" / "collections" / "docs" / "edge_config.json").read_text())
     assert engine["payload_memory"] == ("cached" if in_ram else "cold")
+
+
+def test_the_engine_process_opens_and_reads_every_collection_before_it_serves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every collection is opened and read once before the first search (a cold shard's first
+    searches were several times slower); one that cannot be opened is logged and skipped, and
+    the others still serve."""
+    from service.search.edge_backend import EdgeBackend
+
+    root = tmp_path / "q"
+    gw = QdrantGateway(path=str(root), in_process=True)
+    try:
+        gw.create_collection("plain", {"": VectorInfo(8, "Cosine")})
+        gw.create_collection("named", {"dense": VectorInfo(4, "Dot")})
+        gw.upsert("plain", points(50, 8))
+        gw.upsert(
+            "named",
+            [models.PointStruct(id=1, vector={"dense": [0.1, 0.2, 0.3, 0.4]}, payload={})],
+        )
+    finally:
+        gw.close()
+    broken = root / "collections" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "edge_config.json").write_text("{not json")
+
+    backend = EdgeBackend(root)
+    try:
+        with caplog.at_level("WARNING", logger="service.search.edge_backend"):
+            took = backend.open_warm()
+        assert sorted(took) == ["named", "plain"]
+        assert "'broken' not warmed" in caplog.text
+    finally:
+        backend.close()
+
+    served = QdrantGateway(path=str(root))  # the engine's own process warms as it starts
+    try:
+        assert len(served.query("plain", [1.0] * 8, limit=5)) == 5
+        assert [p.id for p in served.query("named", [1.0] * 4, using="dense", limit=1)] == [1]
+    finally:
+        served.close()
