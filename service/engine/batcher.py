@@ -18,10 +18,11 @@ batched alone, never split.
 
 Background work (the quality gates, the shadow, the warm-up: service/engine/background.py)
 queues in its own lane: `background(fn)` runs `fn` on the same worker, one small chunk at a
-time, and only when no live request waits and no live batch runs (or, under traffic that never
-leaves the worker idle, once a chunk has waited `BACKGROUND_MAX_WAIT_S`, so admin work cannot
-starve). A live request therefore waits behind at most one chunk, and admin work never starts
-a second OpenMP team or races a live batch for the encoder.
+time, and only when no live request waits, no live batch runs and the worker has then stayed
+idle for `BACKGROUND_IDLE_GRACE_S` (or, under traffic that never leaves the worker idle, once
+a chunk has waited `BACKGROUND_MAX_WAIT_S`, so admin work cannot starve). A live request
+therefore waits behind at most one chunk, and admin work never starts a second OpenMP team
+or races a live batch for the encoder.
 
 Items whose future is already done (the client went away, or its deadline passed) are
 dropped before a batch starts. Backpressure: when `max_queue` texts are already waiting,
@@ -51,6 +52,10 @@ T = TypeVar("T")
 
 # a background chunk waits for an idle worker at most this long, then goes before live work
 BACKGROUND_MAX_WAIT_S = 1.0
+# the worker counts as idle once no live request came for this long: clients in a closed loop
+# send their next request within milliseconds of an answer, and a chunk started in that gap
+# made every one of them wait behind it (bench/README.md, bench.interference)
+BACKGROUND_IDLE_GRACE_S = 0.02
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +331,15 @@ class Batcher:
         assert self._wake is not None
         while not self._queue or self._background_overdue():
             if self._background and not self._inflight:
+                if not self._queue and not self._background_overdue():
+                    self._wake.clear()
+                    try:  # a live request within the grace goes first
+                        await asyncio.wait_for(self._wake.wait(), BACKGROUND_IDLE_GRACE_S)
+                        continue
+                    except TimeoutError:
+                        pass
+                    if self._queue or not self._background or self._inflight:
+                        continue
                 job = self._background.popleft()
                 self.metrics.background_waiting.set(len(self._background))
                 return job

@@ -160,3 +160,24 @@ def test_a_chunk_waiting_behind_live_work_still_runs(
     for t in threads:
         t.join(30)
     assert results[0].status_code == results[1].status_code == 200
+
+
+def test_a_live_request_that_comes_back_within_the_grace_goes_before_the_chunk(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+):
+    """A closed-loop client sends its next request moments after an answer: the worker is not
+    idle yet, so a waiting chunk lets that request go first (BACKGROUND_IDLE_GRACE_S)."""
+    import service.engine.batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "BACKGROUND_IDLE_GRACE_S", 0.5)
+    batcher = client.app.state.batcher  # type: ignore[attr-defined]
+    blocker = block(client, monkeypatch)
+    results: dict = {}
+    first = post_in_thread(client, {"input": "live one"}, "acme", results, 1)
+    assert blocker.entered.wait(30)
+    job = batcher.background(lambda: len(blocker.calls))  # live batches run before it
+    blocker.release.set()
+    first.join(30)
+    again = client.post("/embed", json={"input": "live again"}, headers=auth("acme"))
+    assert results[1].status_code == again.status_code == 200
+    assert job.result(30) == 2  # both live batches ran before the chunk
