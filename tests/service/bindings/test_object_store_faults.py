@@ -6,7 +6,7 @@ working while this replica's way in is broken.
 
 Shown: the server stopped mid-traffic (requests served from the last good bindings, `/readyz`
 says stale past the bound) and restarted (sync resumes and picks up what changed meanwhile);
-a 2 s delay on every store call (never in `/embed`); an upload cut mid-way (a 503, no adapter
+a 3 s delay on every store call (never in `/embed`); an upload cut mid-way (a 503, no adapter
 appears, the retry publishes it); a corrupted object (refused by digest, the old binding
 serves)."""
 
@@ -180,7 +180,7 @@ def test_a_slow_store_never_shows_in_embed_latency(
     app = _app(make_app, s3_bucket)
     with TestClient(app) as client:
         assert _served(client) == a
-        proxy.delay(2.0)  # every store call from now on waits 2 s first
+        proxy.delay(3.0)  # every store call from now on waits 3 s first
         with _Traffic(client) as traffic:
             other.activate("acme", b)
             swapped_in = _wait(lambda: _served(client) == b, 60, "the swap, through a slow store")
@@ -189,9 +189,11 @@ def test_a_slow_store_never_shows_in_embed_latency(
         assert traffic.failures() == []
         assert proxy.counts.requests > 0
         p50, worst = np.percentile(took, 50) * 1e3, took.max() * 1e3
-        print(f"/embed under a 2 s store: n={len(took)} p50 {p50:.1f} ms, max {worst:.1f} ms; "
+        print(f"/embed under a 3 s store: n={len(took)} p50 {p50:.1f} ms, max {worst:.1f} ms; "
               f"swap served after {swapped_in:.1f}s")  # fmt: skip
-        assert took.max() < 1.0, took.max()  # a store call is 2 s: none is on this path
+        # a request that waited on the store took >= 3 s; the margin below that is for the
+        # full suite's pauses (one request took 1.27 s there once, a collector's pause)
+        assert took.max() < 2.0, took.max()
 
 
 def _upload(client: TestClient, ckpt: tuple[bytes, bytes]) -> Any:
