@@ -331,15 +331,8 @@ class Batcher:
         assert self._wake is not None
         while not self._queue or self._background_overdue():
             if self._background and not self._inflight:
-                if not self._queue and not self._background_overdue():
-                    self._wake.clear()
-                    try:  # a live request within the grace goes first
-                        await asyncio.wait_for(self._wake.wait(), BACKGROUND_IDLE_GRACE_S)
-                        continue
-                    except TimeoutError:
-                        pass
-                    if self._queue or not self._background or self._inflight:
-                        continue
+                if not self._background_overdue() and not await self._idle_for_grace():
+                    continue  # something came within the grace: look again
                 job = self._background.popleft()
                 self.metrics.background_waiting.set(len(self._background))
                 return job
@@ -427,6 +420,17 @@ class Batcher:
                 p.future.set_result(r)
         if elapsed is not None:
             self.cost.observe(tokens, elapsed)
+
+    async def _idle_for_grace(self) -> bool:
+        """Whether the worker stayed idle for BACKGROUND_IDLE_GRACE_S with a chunk still
+        waiting: a live request that comes back within it goes first."""
+        assert self._wake is not None
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), BACKGROUND_IDLE_GRACE_S)
+            return False
+        except TimeoutError:
+            return not self._queue and bool(self._background) and not self._inflight
 
     def _background_overdue(self) -> bool:
         """A chunk that has waited BACKGROUND_MAX_WAIT_S goes before the live queue: under

@@ -186,8 +186,7 @@ class EdgeBackend:
             t0 = time.perf_counter()
             try:
                 shard = self._shard(name)
-                config = json.loads((self._dir(name) / "edge_config.json").read_text())
-                for vname, v in (config.get("vectors") or {}).items():
+                for vname, v in (self._config(name).get("vectors") or {}).items():
                     if v.get("multivector_config"):
                         continue  # a flat probe is not a query of a multivector
                     probe = [1.0] + [0.0] * (int(v["size"]) - 1)
@@ -205,6 +204,11 @@ class EdgeBackend:
                 continue
             took[name] = time.perf_counter() - t0
         return took
+
+    def _config(self, name: str) -> dict[str, Any]:
+        """The engine's own record of the collection (vectors, sparse vectors)."""
+        config: dict[str, Any] = json.loads((self._dir(name) / "edge_config.json").read_text())
+        return config
 
     def collections(self) -> list[str]:
         base = self.root / "collections"
@@ -230,7 +234,7 @@ class EdgeBackend:
 
     def describe(self, name: str) -> CollectionInfo:
         shard = self._shard(name)
-        config = json.loads((self._dir(name) / "edge_config.json").read_text())
+        config = self._config(name)
         vectors = {
             n: VectorInfo(int(v["size"]), str(v["distance"]))
             for n, v in (config.get("vectors") or {}).items()
